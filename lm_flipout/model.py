@@ -1,0 +1,121 @@
+"""The language model: embedding → perturbed LSTM stack → output dropout → decoder.
+
+Configured by one dataclass; does no I/O and knows nothing about training (style.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nn import LSTM, EmbeddingDropout, WeightNoise, activation_dropout
+from .nn.lstm import State
+
+
+@dataclass
+class NoiseConfig:
+    """Weight noise on the LSTM matrices: a family × an estimator (design.md §2)."""
+
+    family: Literal["none", "gaussian", "dropconnect"] = "none"
+    estimator: Literal["shared", "flipout", "independent"] = "shared"
+    sigma: float = 1.0  # gaussian: W = W̄ ∘ (1 + σE)
+    p: float = 0.5  # dropconnect drop rate (flipout needs 0.5)
+    target: Literal["recurrent", "input", "both"] = "recurrent"  # which matrices get it
+
+    def build(self) -> Optional[WeightNoise]:
+        if self.family == "none":
+            return None
+        return WeightNoise(self.family, sigma=self.sigma, estimator=self.estimator, p=self.p)
+
+
+@dataclass
+class ModelConfig:
+    """Every architectural and regularization choice of `LanguageModel`."""
+
+    vocab_size: int = 10000  # set from the corpus by the trainer
+    embedding_size: int = 200
+    hidden_size: int = 200
+    num_layers: int = 2
+    tie_weights: bool = False  # decoder shares the embedding matrix
+    dropout_kind: Literal["locked", "naive"] = "locked"  # Gal (per sequence) or Zaremba (per step)
+    dropout_input: float = 0.0  # on the embeddings fed to the LSTM
+    dropout_between: float = 0.0  # between LSTM layers
+    dropout_output: float = 0.0  # on the last LSTM layer's output
+    dropout_hidden: float = 0.0  # locked dropout on h_{t-1} inside the recurrence (Gal)
+    dropout_embedding: float = 0.0  # drops whole word rows of the embedding matrix
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    forget_bias: float = 0.0  # initial forget-gate bias
+    orthogonal_init: bool = False  # orthogonal recurrent gate blocks (char-level runs)
+    init_range: float = 0.1  # uniform init range of embedding and decoder
+
+
+class LanguageModel(nn.Module):
+    """An LSTM language model over token ids of shape (T, B)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        noise = config.noise.build()
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.embedding_dropout = EmbeddingDropout(config.dropout_embedding)
+        self.input_dropout = activation_dropout(config.dropout_kind, config.dropout_input)
+        self.lstm = LSTM(
+            config.embedding_size,
+            config.hidden_size,
+            config.num_layers,
+            recurrent_noise=noise if config.noise.target in ("recurrent", "both") else None,
+            input_noise=noise if config.noise.target in ("input", "both") else None,
+            hidden_dropout=config.dropout_hidden,
+            between_dropout=config.dropout_between,
+            dropout_kind=config.dropout_kind,
+            output_size=config.embedding_size if config.tie_weights else None,
+        )
+        self.output_dropout = activation_dropout(config.dropout_kind, config.dropout_output)
+        self.decoder = nn.Linear(self.lstm.sizes[-1], config.vocab_size)
+        if config.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        r = self.config.init_range
+        nn.init.uniform_(self.embedding.weight, -r, r)
+        if not self.config.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -r, r)
+        nn.init.zeros_(self.decoder.bias)
+        self.lstm.reset_parameters(self.config.forget_bias, self.config.orthogonal_init)
+
+    def initial_state(self, batch_size: int) -> State:
+        return self.lstm.initial_state(batch_size, self.decoder.weight)
+
+    def hidden(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, Tensor, State]:
+        """Last-layer outputs before and after output dropout, (T, B, D) each, and the state."""
+        if tokens.dim() != 2:
+            raise ValueError(f"LanguageModel: tokens must have shape (T, B), got {tuple(tokens.shape)}.")
+        x = self.embedding_dropout(tokens, self.embedding.weight)
+        raw, state = self.lstm(self.input_dropout(x), state)
+        return raw, self.output_dropout(raw), state
+
+    def forward(
+        self, tokens: Tensor, state: Optional[State] = None, targets: Optional[Tensor] = None
+    ) -> tuple[Tensor, State]:
+        """Logits (T, B, V), or with ``targets`` the per-token NLL in nats (T, B); plus the
+        final state for carrying into the next window."""
+        _, out, state = self.hidden(tokens, state)
+        logits = self.decoder(out)
+        if targets is None:
+            return logits, state
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        return nll.view_as(targets), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp of the mean per-token NLL in nats (inf when it overflows)."""
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf")

@@ -1,0 +1,243 @@
+"""The LSTM stack whose input and recurrent matrices can carry `WeightNoise`.
+
+Gates follow ``torch.nn.LSTM`` (order i, f, g, o; two biases), so weights copy across.
+When no sequence sees its own weights (no noise, or shared noise) the fused
+``torch.nn.LSTM`` kernel runs with the perturbed weights passed in functionally; otherwise
+the recurrence runs step by step, with the input product for all steps done first as one
+matmul (paper-notes §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .dropout import LockedDropout, activation_dropout
+from .noise import NoiseSample, WeightNoise
+
+State = tuple[Union[Tensor, list[Tensor]], Union[Tensor, list[Tensor]]]
+
+
+@dataclass
+class LayerSamples:
+    """The noise one layer drew in one forward call (None where that matrix is clean)."""
+
+    input: Optional[NoiseSample] = None
+    recurrent: Optional[NoiseSample] = None
+
+
+def perturbed_linear(x: Tensor, weight: Tensor, sample: Optional[NoiseSample]) -> Tensor:
+    """``x Wᵀ`` for x (..., B, in) under the sample's estimator (flipout: paper eq. 5)."""
+    if sample is None:
+        return F.linear(x, weight)
+    delta = sample.delta(weight)
+    if sample.out_signs is None and delta.dim() == 2:  # shared
+        return F.linear(x, weight + delta)
+    out = F.linear(x, weight)
+    if delta.dim() == 3:  # independent: (B, out, in)
+        return out + torch.einsum("...bi,boi->...bo", x, delta)
+    return out + F.linear(x * sample.in_signs, delta) * sample.out_signs
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer. Parameters live in a one-layer ``nn.LSTM`` used as the fused path."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        recurrent_noise: Optional[WeightNoise] = None,
+        input_noise: Optional[WeightNoise] = None,
+        hidden_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.fused = nn.LSTM(input_size, hidden_size, num_layers=1)
+        self.recurrent_noise, self.input_noise = recurrent_noise, input_noise
+        self.hidden_dropout = LockedDropout(hidden_dropout)
+        self.sample_in_eval = False
+        self.allow_fused = True  # tests switch this off to compare the two paths
+
+    @property
+    def weight_ih(self) -> Tensor:
+        return self.fused.weight_ih_l0
+
+    @property
+    def weight_hh(self) -> Tensor:
+        return self.fused.weight_hh_l0
+
+    @property
+    def bias(self) -> Tensor:
+        return self.fused.bias_ih_l0 + self.fused.bias_hh_l0
+
+    def draw(self, batch_size: int) -> LayerSamples:
+        """Fresh noise for one forward call (training, or eval with MC sampling)."""
+        if not (self.training or self.sample_in_eval):
+            return LayerSamples()
+        return LayerSamples(
+            input=self.input_noise.sample(self.weight_ih, batch_size) if self.input_noise else None,
+            recurrent=(
+                self.recurrent_noise.sample(self.weight_hh, batch_size)
+                if self.recurrent_noise
+                else None
+            ),
+        )
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (T, B, in), state (B, H) each → outputs (T, B, H) and the final (h, c)."""
+        hidden_mask = (
+            self.hidden_dropout.mask(x.shape[1], self.hidden_size, x)
+            if self.hidden_dropout.active
+            else None
+        )
+        per_sequence = any(
+            s is not None and (s.out_signs is not None or s.unit.dim() == 3)
+            for s in (samples.input, samples.recurrent)
+        )
+        if self.allow_fused and not per_sequence and hidden_mask is None:
+            return self._fused_forward(x, state, samples)
+        gates_x = perturbed_linear(x, self.weight_ih, samples.input) + self.bias
+        return self._recurrence(gates_x, state, samples.recurrent, hidden_mask)
+
+    def _fused_forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        weights = {}
+        if samples.input is not None:
+            weights["weight_ih_l0"] = self.weight_ih + samples.input.delta(self.weight_ih)
+        if samples.recurrent is not None:
+            weights["weight_hh_l0"] = self.weight_hh + samples.recurrent.delta(self.weight_hh)
+        h0, c0 = state
+        y, (h, c) = functional_call(self.fused, weights, (x, (h0[None], c0[None])), strict=False)
+        return y, (h[0], c[0])
+
+    def _recurrence(
+        self,
+        gates_x: Tensor,
+        state: tuple[Tensor, Tensor],
+        sample: Optional[NoiseSample],
+        hidden_mask: Optional[Tensor],
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Step-by-step recurrence; gates_x (T, B, 4H) already holds input product and bias."""
+        h, c = state
+        outputs = []
+        for gates_t in gates_x:
+            h_in = h if hidden_mask is None else h * hidden_mask
+            gates = gates_t + perturbed_linear(h_in, self.weight_hh, sample)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs), (h, c)
+
+
+class LSTM(nn.Module):
+    """A stack of `LSTMLayer`s with optional weight noise and dropout between layers.
+
+    ``y, (h, c) = lstm(x, state)``: x (T, B, input_size), y (T, B, last hidden size),
+    h and c (num_layers, B, hidden_size); when the last layer has its own ``output_size``
+    (AWD-LSTM style tying) h and c are lists of per-layer (B, size) tensors instead.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        recurrent_noise: Optional[WeightNoise] = None,
+        input_noise: Optional[WeightNoise] = None,
+        hidden_dropout: float = 0.0,
+        between_dropout: float = 0.0,
+        dropout_kind: str = "locked",
+        output_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LSTM: {name}={value!r} must be a positive integer.")
+        for name, noise in (("recurrent_noise", recurrent_noise), ("input_noise", input_noise)):
+            if noise is not None and not isinstance(noise, WeightNoise):
+                raise ValueError(f"LSTM: {name} must be a WeightNoise or None, got {noise!r}.")
+        sizes = [hidden_size] * num_layers
+        if output_size is not None:
+            sizes[-1] = output_size
+        self.input_size = input_size
+        self.sizes = sizes
+        self.layers = nn.ModuleList(
+            LSTMLayer(n_in, n_out, recurrent_noise, input_noise, hidden_dropout)
+            for n_in, n_out in zip([input_size] + sizes[:-1], sizes)
+        )
+        self.between = activation_dropout(dropout_kind, between_dropout)
+        self.last_samples: list[LayerSamples] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def initial_state(self, batch_size: int, like: Tensor) -> State:
+        zeros = [like.new_zeros(batch_size, size) for size in self.sizes]
+        return self._pack(zeros), self._pack([z.clone() for z in zeros])
+
+    def _pack(self, per_layer: list[Tensor]) -> Union[Tensor, list[Tensor]]:
+        return torch.stack(per_layer) if len(set(self.sizes)) == 1 else per_layer
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Optional[State] = None,
+        samples: Optional[Sequence[LayerSamples]] = None,
+    ) -> tuple[Tensor, State]:
+        """Run the stack. ``samples`` re-uses an earlier draw (see ``last_samples``)."""
+        if x.dim() != 3 or x.shape[2] != self.input_size:
+            raise ValueError(
+                f"LSTM: input x must have shape (T, B, {self.input_size}), got {tuple(x.shape)}."
+            )
+        batch_size = x.shape[1]
+        h0, c0 = state if state is not None else self.initial_state(batch_size, x)
+        for size, h_l, c_l in zip(self.sizes, h0, c0):
+            if tuple(h_l.shape) != (batch_size, size) or tuple(c_l.shape) != (batch_size, size):
+                raise ValueError(
+                    f"LSTM: state (h, c) must have shape ({self.num_layers}, {batch_size}, size) "
+                    f"for input batch {batch_size}; got h {tuple(h_l.shape)}, c {tuple(c_l.shape)}."
+                )
+        if samples is None:
+            samples = [layer.draw(batch_size) for layer in self.layers]
+        self.last_samples = list(samples)
+        hs, cs = [], []
+        for index, layer in enumerate(self.layers):
+            if index > 0:
+                x = self.between(x)
+            x, (h, c) = layer(x, (h0[index], c0[index]), samples[index])
+            hs.append(h)
+            cs.append(c)
+        return x, (self._pack(hs), self._pack(cs))
+
+    def reset_parameters(self, forget_bias: float = 0.0, orthogonal: bool = False) -> None:
+        """``nn.LSTM``'s uniform init, then optional orthogonal recurrent gate blocks and a
+        forget-gate bias (split evenly between the two biases)."""
+        for layer in self.layers:
+            layer.fused.reset_parameters()
+            size = layer.hidden_size
+            with torch.no_grad():
+                if orthogonal:
+                    for block in layer.weight_hh.split(size, dim=0):
+                        nn.init.orthogonal_(block)
+                if forget_bias:
+                    for bias in (layer.fused.bias_ih_l0, layer.fused.bias_hh_l0):
+                        bias[size : 2 * size] = forget_bias / 2
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT windows."""
+    h, c = state
+    if isinstance(h, Tensor):
+        return h.detach(), c.detach()
+    return [t.detach() for t in h], [t.detach() for t in c]
