@@ -1,0 +1,91 @@
+"""LanguageModel wiring: NLL against logits, tying, state carrying, init options."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm_flipout.model import LanguageModel, ModelConfig, NoiseConfig
+
+
+def small_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=30, embedding_size=8, hidden_size=12, num_layers=2)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def test_nll_equals_cross_entropy_of_logits():
+    torch.manual_seed(0)
+    model = LanguageModel(small_config()).eval()
+    tokens = torch.randint(0, 30, (7, 3))
+    targets = torch.randint(0, 30, (7, 3))
+    logits, _ = model(tokens)
+    nll, _ = model(tokens, targets=targets)
+    log_probs = logits.log_softmax(-1)
+    expected = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(nll, expected)
+
+
+def test_untrained_model_is_close_to_uniform():
+    model = LanguageModel(small_config(vocab_size=100)).eval()
+    tokens = torch.randint(0, 100, (5, 2))
+    nll, _ = model(tokens, targets=tokens)
+    assert abs(nll.mean().item() - math.log(100)) < 0.1
+
+
+def test_carried_state_equals_one_long_window_in_eval():
+    torch.manual_seed(1)
+    model = LanguageModel(small_config(noise=NoiseConfig("gaussian", "flipout"))).eval()
+    tokens = torch.randint(0, 30, (10, 4))
+    whole, _ = model(tokens)
+    first, state = model(tokens[:6])
+    second, _ = model(tokens[6:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole, atol=1e-6, rtol=0)
+
+
+def test_tied_weights_share_the_embedding_and_resize_the_last_layer():
+    model = LanguageModel(small_config(tie_weights=True))
+    assert model.decoder.weight is model.embedding.weight
+    assert model.lstm.sizes == [12, 8]
+    untied = LanguageModel(small_config())
+    assert model.num_parameters() < untied.num_parameters()
+    _, (h, c) = model(torch.randint(0, 30, (3, 2)))
+    assert [t.shape for t in h] == [(2, 12), (2, 8)]
+
+
+def test_forget_bias_and_orthogonal_init():
+    model = LanguageModel(small_config(forget_bias=1.0, orthogonal_init=True))
+    for layer in model.lstm.layers:
+        size = layer.hidden_size
+        torch.testing.assert_close(layer.bias[size : 2 * size], torch.ones(size))
+        for block in layer.weight_hh.detach().split(size, dim=0):
+            torch.testing.assert_close(block @ block.T, torch.eye(size), atol=1e-5, rtol=0)
+
+
+def test_noise_target_selects_the_matrices():
+    both = LanguageModel(small_config(noise=NoiseConfig("gaussian", "shared", target="both")))
+    layer = both.lstm.layers[0]
+    assert layer.input_noise is not None and layer.recurrent_noise is not None
+    rec = LanguageModel(small_config(noise=NoiseConfig("gaussian", "shared")))
+    assert rec.lstm.layers[0].input_noise is None
+
+
+def test_regularized_training_mode_is_stochastic_and_eval_is_not():
+    torch.manual_seed(2)
+    config = small_config(dropout_input=0.3, dropout_output=0.3, dropout_hidden=0.2,
+                          dropout_embedding=0.1, noise=NoiseConfig("dropconnect", "flipout"))
+    model = LanguageModel(config)
+    tokens = torch.randint(0, 30, (5, 3))
+    a, _ = model.train()(tokens, targets=tokens)
+    b, _ = model(tokens, targets=tokens)
+    assert not torch.allclose(a, b)
+    c, _ = model.eval()(tokens, targets=tokens)
+    d, _ = model(tokens, targets=tokens)
+    torch.testing.assert_close(c, d, atol=0, rtol=0)
+
+
+def test_bad_token_shape_is_a_value_error():
+    model = LanguageModel(small_config())
+    with pytest.raises(ValueError, match="tokens"):
+        model(torch.zeros(3, dtype=torch.long))
