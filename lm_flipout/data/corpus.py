@@ -1,0 +1,240 @@
+"""The tokenized corpus: vocabulary plus train/valid/test token ids and counts, loaded from
+the cache when the split contents and tokenizer settings are unchanged.
+
+Cache file: `<data.cache_dir>/corpus-<tokenizer>-<key>.pt`, where key = sha256 over the
+sha256 of each split's content and the tokenizer settings (batching settings are not part
+of it). It holds plain tensors, lists, str and int and is read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from lm_flipout.data import sp_tokenizer
+from lm_flipout.data.cache import atomic_torch_save, cache_key, load_torch
+from lm_flipout.data.config import DataConfig
+from lm_flipout.data.sources import SPLITS, RawSplit, read_splits
+from lm_flipout.data.text import (
+    WORD_BOUNDARY,
+    count_chars,
+    count_words,
+    has_words,
+    is_char_ptb_form,
+    split_lines,
+)
+from lm_flipout.data.tokenizers import EOS, build_vocab, char_tokens, encode, word_tokens
+from lm_flipout.errors import DataError
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Split:
+    """One split: token ids plus the counts that bpc and word perplexity divide by
+    (see lm_flipout.data.text for their definition)."""
+
+    name: str
+    tokens: torch.Tensor  # 1-D LongTensor of token ids
+    n_chars: int  # characters of the normalized text, one newline per line
+    n_words: int  # whitespace words plus one <eos> per line
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of tokens (model predictions over the whole split)."""
+        return int(self.tokens.numel())
+
+
+@dataclass
+class Corpus:
+    """Vocabulary (index -> token) and the splits "train", "valid", "test"."""
+
+    vocab: list[str]
+    splits: dict[str, Split]
+    tokenizer: str  # word, char or sentencepiece
+    char_ptb: bool  # char tokens are PTB symbols (`_` = space between words)
+    cache_path: str  # the .pt file this corpus was read from or written to
+    sp_model_path: Optional[str] = None  # the SentencePiece model, for tokenizer=sentencepiece
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct token ids."""
+        return len(self.vocab)
+
+    def decode(self, ids: Union[torch.Tensor, Sequence[int]]) -> str:
+        """Text of a sequence of ids; `<eos>` becomes a newline."""
+        id_list = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        lines: list[str] = []
+        current: list[str] = []
+
+        def render(pieces: list[str]) -> str:
+            if self.tokenizer == "word":
+                return " ".join(pieces)
+            if self.tokenizer == "sentencepiece":
+                return "".join(pieces).replace("\u2581", " ").lstrip(" ")
+            if self.char_ptb:
+                return "".join(" " if p == WORD_BOUNDARY else p for p in pieces)
+            return "".join(pieces)
+
+        for i in id_list:
+            tok = self.vocab[i]
+            if tok == EOS:
+                lines.append(render(current) + "\n")
+                current = []
+            else:
+                current.append(tok)
+        return "".join(lines) + render(current)
+
+
+def _tokenizer_settings(cfg: DataConfig) -> dict[str, Any]:
+    if cfg.tokenizer == "sentencepiece":
+        return {
+            "tokenizer": "sentencepiece",
+            "sp_model_type": cfg.sp_model_type,
+            "sp_vocab_size": cfg.sp_vocab_size,
+            "sp_character_coverage": float(cfg.sp_character_coverage),
+        }
+    settings: dict[str, Any] = {
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size,
+        "min_freq": cfg.min_freq,
+    }
+    if cfg.tokenizer == "char":
+        settings["char_ptb"] = bool(cfg.char_ptb)
+    return settings
+
+
+def cache_paths(cfg: DataConfig, raw: dict[str, RawSplit]) -> tuple[str, str, str]:
+    """(key, corpus cache path, SentencePiece model path) for these split contents."""
+    settings = _tokenizer_settings(cfg)
+    digests = {n: raw[n].digest for n in SPLITS}
+    key = cache_key({"format": CACHE_FORMAT, "settings": settings, "splits": digests})
+    sp_key = cache_key({"format": CACHE_FORMAT, "settings": settings, "train": raw["train"].digest})
+    corpus_path = os.path.join(cfg.cache_dir, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
+    sp_path = os.path.join(cfg.cache_dir, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
+    return key, corpus_path, sp_path
+
+
+def _empty_split_error(cfg: DataConfig, split: RawSplit) -> DataError:
+    if cfg.source == "huggingface":
+        key = f"data.hf_splits.{split.name}"
+    else:
+        key = f"data.{split.name}_file or data.path"
+    role = ""
+    if split.name == "valid":
+        role = (
+            " The validation split drives early stopping and model selection, so it must hold "
+            "text."
+        )
+    return DataError(
+        f"The {split.name} split ({split.origin}) is empty: it holds no words, so it has no "
+        f"tokens to train or evaluate on.{role} Point {key} at a file with text."
+    )
+
+
+def _build(cfg: DataConfig, raw: dict[str, RawSplit], cache_path: str, sp_path: str) -> Corpus:
+    lines = {}
+    for name in SPLITS:
+        lines[name] = split_lines(raw[name].text())
+        if not has_words(lines[name]):
+            raise _empty_split_error(cfg, raw[name])
+    char_form = cfg.tokenizer == "char" and cfg.char_ptb and is_char_ptb_form(lines["train"])
+    sp_model_path = None
+    if cfg.tokenizer == "word":
+        vocab = build_vocab(word_tokens(lines["train"]), cfg.vocab_size, cfg.min_freq)
+        ids = {n: encode(word_tokens(lines[n]), vocab) for n in SPLITS}
+    elif cfg.tokenizer == "char":
+        mode = "ptb_form" if char_form else ("ptb_convert" if cfg.char_ptb else "plain")
+        vocab = build_vocab(char_tokens(lines["train"], mode), cfg.vocab_size, cfg.min_freq)
+        ids = {n: encode(char_tokens(lines[n], mode), vocab) for n in SPLITS}
+    else:
+        processor = sp_tokenizer.load_or_train(lines["train"], cfg, sp_path, raw["train"].origin)
+        vocab = sp_tokenizer.vocab_of(processor)
+        ids = {n: sp_tokenizer.encode_lines(processor, lines[n]) for n in SPLITS}
+        sp_model_path = sp_path
+    splits = {
+        n: Split(n, ids[n], count_chars(lines[n], char_form), count_words(lines[n], char_form))
+        for n in SPLITS
+    }
+    return Corpus(vocab, splits, cfg.tokenizer, bool(cfg.char_ptb), cache_path, sp_model_path)
+
+
+def _payload(corpus: Corpus, key: str) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "tokenizer": corpus.tokenizer,
+        "char_ptb": corpus.char_ptb,
+        "sp_model_path": corpus.sp_model_path or "",
+        "vocab": corpus.vocab,
+        "splits": {
+            s.name: {"tokens": s.tokens, "n_chars": s.n_chars, "n_words": s.n_words}
+            for s in corpus.splits.values()
+        },
+    }
+
+
+def _from_payload(obj: Any, key: str, cache_path: str) -> Optional[Corpus]:
+    """The cached corpus, or None when `obj` is not a complete cache entry for `key`."""
+    if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
+        return None
+    vocab, stored = obj.get("vocab"), obj.get("splits")
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+        return None
+    if not isinstance(stored, dict) or set(stored) != set(SPLITS):
+        return None
+    splits = {}
+    for name in SPLITS:
+        entry = stored[name]
+        if not isinstance(entry, dict):
+            return None
+        tokens, n_chars, n_words = entry.get("tokens"), entry.get("n_chars"), entry.get("n_words")
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 1:
+            return None
+        if not isinstance(n_chars, int) or not isinstance(n_words, int) or tokens.numel() == 0:
+            return None
+        if int(tokens.min()) < 0 or int(tokens.max()) >= len(vocab):
+            return None
+        splits[name] = Split(name, tokens, n_chars, n_words)
+    sp_model_path = obj.get("sp_model_path") or None
+    tokenizer, char_ptb = str(obj.get("tokenizer")), bool(obj.get("char_ptb"))
+    return Corpus(vocab, splits, tokenizer, char_ptb, cache_path, sp_model_path)
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """Read, tokenize and cache the corpus described by `cfg` (or read it from the cache)."""
+    cfg.validate()
+    raw = read_splits(cfg)
+    key, cache_path, sp_path = cache_paths(cfg, raw)
+    corpus = _from_payload(load_torch(cache_path), key, cache_path)
+    if corpus is None:
+        corpus = _build(cfg, raw, cache_path, sp_path)
+        atomic_torch_save(cache_path, _payload(corpus, key))
+    return corpus
+
+
+def check_vocab(corpus: Corpus, checkpoint_vocab: Sequence[str], checkpoint_path: str) -> None:
+    """Raise DataError unless the checkpoint's vocabulary equals the corpus's, entry for entry."""
+    listed = isinstance(checkpoint_vocab, (list, tuple))
+    if not listed or not all(isinstance(t, str) for t in checkpoint_vocab):
+        raise DataError(
+            f"The checkpoint {checkpoint_path} stores no valid vocabulary (a list of tokens), so "
+            "it cannot be matched to the corpus. Use a checkpoint written by lm_flipout training."
+        )
+    ours, theirs = corpus.vocab, list(checkpoint_vocab)
+    if ours == theirs:
+        return
+    differ = sum(a != b for a, b in zip(theirs, ours)) + abs(len(theirs) - len(ours))
+    shorter = min(len(theirs), len(ours))
+    first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), shorter)
+    at = lambda v: repr(v[first]) if first < len(v) else "(none)"  # noqa: E731
+    raise DataError(
+        f"The checkpoint {checkpoint_path} was trained with a vocabulary of {len(theirs)} tokens, "
+        f"but the corpus (cache {corpus.cache_path}) has {len(ours)} tokens; {differ} entries "
+        "differ "
+        f"(first at index {first}: checkpoint {at(theirs)}, corpus {at(ours)}). Use the same data "
+        "settings as the run that wrote the checkpoint (data.path / data.hf_*, data.tokenizer, "
+        "data.vocab_size, data.min_freq, data.char_ptb, data.sp_*)."
+    )

@@ -1,0 +1,99 @@
+"""SentencePiece subwords: a unigram or BPE model trained on the training split with
+sentencepiece's Python trainer, saved as `<cache_dir>/sp-<key>.model` and reused while the
+training text and SentencePiece settings are unchanged.
+
+Piece 0 is `<unk>` and piece 1 is `<eos>`, which ends every line (as for the other
+tokenizers); there is no BOS or padding piece."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Any
+
+import torch
+
+from lm_flipout.data.cache import atomic_write_bytes
+from lm_flipout.data.config import DataConfig
+from lm_flipout.data.tokenizers import EOS, UNK
+from lm_flipout.errors import DataError
+
+EOS_ID = 1
+
+
+def _import_sentencepiece() -> Any:
+    try:
+        import sentencepiece
+    except ImportError:
+        raise DataError(
+            "data.tokenizer=sentencepiece needs the `sentencepiece` package, which is not "
+            "installed. Install it (pip install sentencepiece) or use data.tokenizer=word or char."
+        ) from None
+    return sentencepiece
+
+
+def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
+    """Train on the normalized training lines and return the serialized model."""
+    spm = _import_sentencepiece()
+    sentences = (" ".join(words) for words in lines if words)
+    buffer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences,
+            model_writer=buffer,
+            model_type=cfg.sp_model_type,
+            vocab_size=cfg.sp_vocab_size,
+            character_coverage=cfg.sp_character_coverage,
+            unk_id=0,
+            unk_piece=UNK,
+            eos_id=EOS_ID,
+            eos_piece=EOS,
+            bos_id=-1,
+            pad_id=-1,
+            max_sentence_length=1 << 16,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        limit = re.search(r"<=\s*(\d+)", str(err))
+        if "Vocabulary size" in str(err) or limit:
+            most = f" (at most {limit.group(1)} here)" if limit else ""
+            raise DataError(
+                f"data.sp_vocab_size={cfg.sp_vocab_size} is larger than the training split "
+                f"{origin} allows{most}: SentencePiece ({cfg.sp_model_type}) cannot find that many "
+                f"pieces. Lower data.sp_vocab_size or use a larger training split."
+            ) from None
+        raise DataError(
+            f"SentencePiece training on {origin} failed: {err}. Check data.sp_model_type, "
+            "data.sp_vocab_size and data.sp_character_coverage."
+        ) from None
+    return buffer.getvalue()
+
+
+def load_or_train(lines: list[list[str]], cfg: DataConfig, model_path: str, origin: str) -> Any:
+    """The processor for `model_path`, training and saving it first when absent or unreadable."""
+    spm = _import_sentencepiece()
+    if os.path.isfile(model_path):
+        try:
+            return spm.SentencePieceProcessor(model_file=model_path)
+        except (OSError, RuntimeError):
+            pass  # corrupt model file: train again below
+    proto = train_model(lines, cfg, origin)
+    atomic_write_bytes(model_path, proto)
+    return spm.SentencePieceProcessor(model_proto=proto)
+
+
+def vocab_of(processor: Any) -> list[str]:
+    """Index -> piece."""
+    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+
+
+def encode_lines(processor: Any, lines: list[list[str]]) -> torch.Tensor:
+    """Piece ids of every normalized line followed by `<eos>`, as a 1-D LongTensor."""
+    ids: list[int] = []
+    encoded = processor.encode([" ".join(words) for words in lines])
+    for piece_ids in encoded:
+        ids.extend(piece_ids)
+        ids.append(EOS_ID)
+    return torch.tensor(ids, dtype=torch.long)

@@ -1,0 +1,57 @@
+"""`python -m lm_flipout.data stats` and the corpus_stats it prints."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_flipout.data import DataConfig, corpus_stats, load_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(root: Path) -> Path:
+    root.mkdir()
+    (root / "train.txt").write_text("a b a\nc\n")
+    (root / "valid.txt").write_text("a c\n")
+    (root / "test.txt").write_text("b b\n")
+    return root
+
+
+def test_corpus_stats(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    corpus = load_corpus(DataConfig(path=str(root), cache_dir=str(tmp_path / "cache")))
+    assert corpus_stats(corpus) == {
+        "tokenizer": "word",
+        "vocab_size": 5,
+        "cache_path": corpus.cache_path,
+        "splits": {
+            "train": {"tokens": 6, "characters": 8, "words": 6},
+            "valid": {"tokens": 3, "characters": 4, "words": 3},
+            "test": {"tokens": 3, "characters": 4, "words": 3},
+        },
+    }
+
+
+@pytest.mark.skipif(
+    not (REPO / "lm_flipout" / "config.py").is_file(), reason="lm_flipout.config not written yet"
+)
+def test_stats_command_end_to_end(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"data:\n  path: {root}\n  cache_dir: {tmp_path / 'cache'}\n")
+    cmd = [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe), "data.tokenizer=char"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["tokenizer"] == "char" and stats["vocab_size"] == 6  # <eos> <unk> a ' ' b c
+    assert stats["splits"]["train"] == {"tokens": 8, "characters": 8, "words": 6}
+    assert Path(stats["cache_path"]).is_file() and Path(stats["cache_path"]).parent == tmp_path / "cache"
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe), f"data.path={tmp_path / 'nope'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "train.txt does not exist" in bad.stderr and "Traceback" not in bad.stderr
