@@ -17,3 +17,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file is missing, truncated, foreign or does not match."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a non-finite loss, an unusable run directory)."""

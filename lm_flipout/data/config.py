@@ -19,8 +19,10 @@ def _default_hf_splits() -> dict[str, str]:
 class DataConfig:
     """Corpus source, tokenizer and batching settings (the recipe's `data:` section)."""
 
-    # Where the text comes from: local UTF-8 files, or a Hugging Face `datasets` dataset.
-    source: Literal["files", "huggingface"] = "files"
+    # Where the text comes from: local UTF-8 files, a Hugging Face `datasets` dataset, or
+    # "synthetic": a corpus sampled from a small hidden Markov model (lm_flipout.synthetic)
+    # whose best achievable perplexity is known; generated once into cache_dir, no network.
+    source: Literal["files", "huggingface", "synthetic"] = "files"
     # Directory holding train.txt, valid.txt and test.txt (source=files).
     path: Optional[str] = None
     # Explicit path of the training split; overrides `path` for this split.
@@ -60,6 +62,9 @@ class DataConfig:
     # Fraction of characters SentencePiece must cover (1.0 = all; rarer ones become `<unk>`).
     sp_character_coverage: float = 1.0
 
+    # Seed of the synthetic hidden Markov model (source=synthetic).
+    synthetic_seed: int = 0
+
     # Directory for the tokenized-corpus cache and SentencePiece models.
     cache_dir: str = ".cache/lm_flipout"
 
@@ -80,12 +85,13 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise DataError naming `data.<key>` for the first setting that cannot work."""
-        _check_choice("source", self.source, ("files", "huggingface"))
+        _check_choice("source", self.source, ("files", "huggingface", "synthetic"))
         _check_choice("tokenizer", self.tokenizer, ("word", "char", "sentencepiece"))
         _check_choice("sp_model_type", self.sp_model_type, ("unigram", "bpe"))
         _check_choice("bptt_mode", self.bptt_mode, ("stream", "sequences"))
         for key in ("batch_size", "eval_batch_size", "bptt", "min_freq"):
             _check_int(key, getattr(self, key), minimum=1)
+        _check_int("synthetic_seed", self.synthetic_seed, minimum=0)
         _check_int("sp_vocab_size", self.sp_vocab_size, minimum=3)
         if self.vocab_size is not None:
             _check_int("vocab_size", self.vocab_size, minimum=2)

@@ -58,6 +58,10 @@ def read_splits(cfg: DataConfig) -> dict[str, RawSplit]:
         from lm_flipout.data.local_files import read_local_splits
 
         return read_local_splits(cfg)
+    if cfg.source == "synthetic":
+        from lm_flipout.data.synthetic_source import read_synthetic_splits
+
+        return read_synthetic_splits(cfg)
     from lm_flipout.data.hf_source import read_hf_splits
 
     return read_hf_splits(cfg)

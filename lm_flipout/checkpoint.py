@@ -1,0 +1,222 @@
+"""Checkpoints: atomic save, safe load, and the random-number state for exact resume.
+
+A checkpoint is a dict of state dicts and plain data (design.md §4). It is written to a
+temporary file next to the target and renamed over it, so a crash leaves either the old
+or the new file; it is read with ``torch.load(weights_only=True)``, so loading never runs
+code from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+FORMAT_KEY = "format"
+FORMAT = "lm_flipout/1"
+
+PathLike = Union[str, os.PathLike]
+
+# Types that torch.load(weights_only=True) accepts without extra allow-listing.
+_PLAIN_TYPES = (
+    type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device
+)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path`` for binary writing; on success flush, fsync and
+    rename it over ``path``. On any error the temporary file is removed and ``path`` is left
+    as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; directories cannot be opened on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_plain(value: Any, key: str) -> None:
+    """Raise TypeError if ``value`` holds anything weights_only loading would refuse."""
+    if isinstance(value, torch.Tensor) or isinstance(value, _PLAIN_TYPES):
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_plain(k, f"{key}[{k!r}] (key)")
+            _check_plain(v, f"{key}[{k!r}]")
+        return
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]")
+        return
+    raise TypeError(
+        f"save_checkpoint: {key} is a {type(value).__module__}.{type(value).__qualname__}; "
+        "checkpoints hold only tensors, state dicts and plain Python data (design.md §4). "
+        "Store its state_dict() or convert it to plain types."
+    )
+
+
+def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
+    """Write ``state`` (plus the format marker) to ``path`` atomically.
+
+    Raises TypeError when ``state`` holds an object that ``weights_only`` loading refuses,
+    so such a bug shows at save time rather than at resume.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}.")
+    _check_plain(state, "state")
+    payload = dict(state)
+    payload[FORMAT_KEY] = FORMAT
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
+
+
+def load_checkpoint(
+    path: PathLike, map_location: Union[str, torch.device, None] = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (without the format marker).
+
+    Every way the file can be unusable (missing, truncated, not a torch file, foreign objects,
+    another program's checkpoint) is a CheckpointError that names the file and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist. Check the path: a run keeps its checkpoints "
+            "as <out_dir>/<run_name>/last.pt and best.pt."
+        )
+    if path.is_dir():
+        raise CheckpointError(
+            f"Checkpoint {path} is a directory, not a file. Pass the .pt file inside it, "
+            "e.g. last.pt or best.pt."
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        raise CheckpointError(
+            f"Checkpoint {path} cannot be read ({err.strerror or err}). Check its permissions."
+        ) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError...
+        raise CheckpointError(_unreadable_message(path, err)) from None
+    if not isinstance(state, dict) or FORMAT_KEY not in state:
+        raise CheckpointError(
+            f"Checkpoint {path} is a readable PyTorch file but not an lm_flipout checkpoint "
+            f"(it has no '{FORMAT_KEY}' marker; it holds a {type(state).__name__}). It may be a "
+            "bare state_dict or another project's checkpoint. Use a last.pt or best.pt written "
+            "by lm_flipout training."
+        )
+    if state[FORMAT_KEY] != FORMAT:
+        raise CheckpointError(
+            f"Checkpoint {path} has format {state[FORMAT_KEY]!r}, but this version of lm_flipout "
+            f"reads {FORMAT!r}. Load it with the lm_flipout version that wrote it, or retrain."
+        )
+    del state[FORMAT_KEY]
+    return state
+
+
+def _unreadable_message(path: Path, err: Exception) -> str:
+    if path.stat().st_size == 0:
+        return (
+            f"Checkpoint {path} is empty (0 bytes), probably from an interrupted copy. "
+            "Copy it again or use the run's other checkpoint (last.pt or best.pt)."
+        )
+    if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        return (
+            f"Checkpoint {path} contains Python objects other than tensors and plain data, so "
+            "it was not loaded (loading it could run code from the file). It was not written by "
+            "lm_flipout; use a last.pt or best.pt from an lm_flipout run."
+        )
+    with path.open("rb") as handle:
+        is_zip_start = handle.read(2) == b"PK"
+    if is_zip_start:
+        reason = first_line(err)
+        return (
+            f"Checkpoint {path} is truncated or corrupted ({reason}), e.g. an incomplete copy or "
+            "a disk that filled up. Copy it again or use the run's other checkpoint "
+            "(last.pt or best.pt)."
+        )
+    return (
+        f"{path} is not a PyTorch checkpoint file ({type(err).__name__}: {first_line(err)}). "
+        "Pass a last.pt or best.pt written by lm_flipout training."
+    )
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception message, shortened; for one-paragraph error messages."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a run uses, as weights_only-loadable data:
+    Python ``random``, NumPy's global generator, torch CPU and each CUDA device."""
+    version, mt_words, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt_words), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # uint32 words, exact in int64
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore generators captured by `rng_state`.
+
+    CUDA states are restored for the devices present (a run resumed on fewer GPUs cannot be
+    bit-exact anyway); tensors may arrive on any device and are moved to the CPU first.
+    """
+    missing = [key for key in ("python", "numpy", "torch", "cuda") if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"The checkpoint's RNG state lacks {', '.join(missing)}; it was not written by "
+            "lm_flipout.checkpoint.rng_state(). Resume from a checkpoint written by lm_flipout."
+        )
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(w) for w in py["state"]), py["gauss_next"]))
+    npy = state["numpy"]
+    keys = torch.as_tensor(npy["keys"]).cpu().numpy().astype(np.uint32)
+    np.random.set_state(
+        (npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"]))
+    )
+    torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
+    if torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(torch.as_tensor(cuda_state).cpu(), device)

@@ -1,0 +1,27 @@
+"""Helpers shared by the command-line entry points (train.py, evaluate.py, python -m ...)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import UserError
+
+
+def fail(error: UserError) -> int:
+    """Print a user error as one wrapped paragraph (no traceback); exit status 2."""
+    text = textwrap.fill(str(error), width=100, break_long_words=False, break_on_hyphens=False)
+    print(f"error: {text}", file=sys.stderr)
+    return 2
+
+
+def recipe_with_run_name(path: str, overrides: list[str]):
+    """Load a recipe; an unset ``train.run_name`` becomes the recipe file's stem.
+    Returns the recipe and its run directory."""
+    from .config import load_recipe
+
+    recipe = load_recipe(path, overrides)
+    if not recipe.train.run_name:
+        recipe.train.run_name = Path(path).stem
+    return recipe, Path(recipe.train.out_dir) / recipe.train.run_name

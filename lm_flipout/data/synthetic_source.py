@@ -1,0 +1,47 @@
+"""``data.source=synthetic``: a corpus sampled from the hidden Markov model of
+`lm_flipout.synthetic`, written once under ``data.cache_dir`` and then read as local files.
+
+``meta.json`` beside the splits is written last and marks a complete corpus; it also holds
+the Bayes-optimal perplexity of each split, the floor no model can beat."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from lm_flipout.data.config import DataConfig
+from lm_flipout.data.sources import RawSplit
+
+META = "meta.json"
+
+
+def synthetic_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() / f"synthetic-hmm-seed{cfg.synthetic_seed}"
+
+
+def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
+    """Generate the corpus if it is not complete yet; return its metadata."""
+    from lm_flipout.checkpoint import atomic_write
+    from lm_flipout.synthetic import HMMSpec, write_corpus
+
+    directory = synthetic_dir(cfg)
+    meta_path = directory / META
+    if meta_path.is_file():
+        try:
+            return json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            pass  # unreadable marker: regenerate below
+    meta = write_corpus(HMMSpec(seed=cfg.synthetic_seed), directory)
+    with atomic_write(meta_path) as handle:
+        handle.write(json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def read_synthetic_splits(cfg: DataConfig) -> dict[str, RawSplit]:
+    from lm_flipout.data.local_files import read_local_splits
+
+    ensure_synthetic_corpus(cfg)
+    as_files = dataclasses.replace(cfg, source="files", path=str(synthetic_dir(cfg)),
+                                   train_file=None, valid_file=None, test_file=None)
+    return read_local_splits(as_files)

@@ -1,0 +1,113 @@
+"""Perplexity, bits per character and Monte-Carlo averaged evaluation.
+
+Metrics are normalised so they compare across tokenizers: the mean NLL per evaluated
+token is scaled by the split's tokens per character (bits per character) or per word
+(word-level perplexity), so a split whose tail was trimmed by batching still counts right.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+
+from .data.corpus import Split
+from .data.metrics import bits_per_char
+from .model import LanguageModel
+from .nn import detach_state, set_mc_sampling
+from .nn.lstm import State
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else float("inf")
+
+
+@torch.no_grad()
+def total_nll(
+    model: LanguageModel,
+    batches: Iterable,
+    carries_state: bool,
+    device: torch.device,
+    mc_samples: int = 0,
+) -> tuple[float, int]:
+    """Summed NLL (nats) and number of predicted tokens over ``batches`` in eval mode.
+
+    With ``mc_samples`` = K > 0 the model draws K noise/dropout samples per window and the
+    predicted probabilities are averaged before the log (each sample carries its own state).
+    """
+    was_training = model.training
+    model.eval()
+    set_mc_sampling(model, mc_samples > 0)
+    copies = max(mc_samples, 1)
+    states: list[Optional[State]] = [None] * copies
+    nll_sum, tokens = 0.0, 0
+    try:
+        for batch in batches:
+            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+            log_probs = []
+            for k in range(copies):
+                logits, state = model(inputs, states[k] if carries_state else None)
+                states[k] = detach_state(state)
+                log_probs.append(logits.float().log_softmax(-1))
+            mixture = torch.stack(log_probs).logsumexp(0) - math.log(copies)  # (T, B, V)
+            picked = mixture.gather(-1, targets.unsqueeze(-1))
+            nll_sum -= picked.sum().item()
+            tokens += targets.numel()
+    finally:
+        set_mc_sampling(model, False)
+        model.train(was_training)
+    return nll_sum, tokens
+
+
+def split_metrics(nll_sum: float, tokens: int, split: Split, prefix: str) -> dict[str, float]:
+    """``<prefix>_loss`` (nats/token), ``_ppl``, ``_bpc`` and ``_word_ppl`` of ``split``
+    from an NLL summed over ``tokens`` predictions (see `lm_flipout.data.metrics`)."""
+    mean = nll_sum / max(tokens, 1)
+    return {
+        f"{prefix}_loss": mean,
+        f"{prefix}_ppl": _exp(mean),
+        f"{prefix}_bpc": bits_per_char(nll_sum, split, tokens),
+        f"{prefix}_word_ppl": _exp(mean * split.n_tokens / split.n_words),
+    }
+
+
+def evaluate_checkpoint(
+    path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
+    device: str = "auto",
+) -> dict:
+    """Rebuild data and model from a checkpoint's own config and score one split.
+
+    ``batch_size`` defaults to 1 for the test split (the usual protocol) and to the
+    recipe's ``data.eval_batch_size`` otherwise."""
+    from .checkpoint import load_checkpoint
+    from .config import recipe_from_dict
+    from .data import check_vocab, load_corpus
+    from .data.batching import make_batches
+    from .training import select_device
+
+    state = load_checkpoint(path, map_location="cpu")
+    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
+    corpus = load_corpus(recipe.data)
+    check_vocab(corpus, state["vocab"], path)
+    recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
+    target = select_device(device)
+    model = LanguageModel(recipe.model)
+    model.load_state_dict(state["model"])
+    model.to(target)
+    batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
+    nll, tokens = total_nll(model, batches.iterate(), batches.carries_state, target, mc_samples)
+    metrics = split_metrics(nll, tokens, corpus.splits[split], split)
+    result = {
+        "split": split,
+        "ppl": metrics[f"{split}_ppl"],
+        "bpc": metrics[f"{split}_bpc"],
+        "loss": metrics[f"{split}_loss"],
+        "tokens": tokens,
+        "batch_size": recipe.data.eval_batch_size,
+        "mc_samples": mc_samples,
+        "checkpoint": str(path),
+    }
+    if corpus.tokenizer != "word":
+        result["word_ppl"] = metrics[f"{split}_word_ppl"]
+    return result
