@@ -355,6 +355,12 @@ class Trainer:
             results.update(self._evaluate(split))
         if self.corpus.tokenizer == "word":
             results = {k: v for k, v in results.items() if not k.endswith("_word_ppl")}
+        if self.recipe.data.source == "synthetic":
+            from .data.synthetic_source import ensure_synthetic_corpus
+
+            optimal = ensure_synthetic_corpus(self.recipe.data)["splits"]
+            results["optimal_valid_ppl"] = optimal["valid"]["optimal_perplexity"]
+            results["optimal_test_ppl"] = optimal["test"]["optimal_perplexity"]
         speed = self.progress.train_tokens / max(self.progress.train_seconds, 1e-9)
         results.update({
             "params": self.model.num_parameters(),
