@@ -153,6 +153,13 @@ def validate_model_config(config: ModelConfig) -> None:
         _check_range(f"model.dropout_{key}", getattr(config, f"dropout_{key}"), low=0.0, high=1.0)
     _check_range("model.forget_bias", config.forget_bias)
     _check_range("model.init_range", config.init_range, low=0.0, low_open=True)
+    if config.tie_weights and config.num_layers == 1 and config.hidden_size != config.embedding_size:
+        raise ConfigError(
+            f"model.hidden_size={config.hidden_size} would be ignored: with model.tie_weights=true "
+            "the last LSTM layer has model.embedding_size units so the decoder can share the "
+            f"embedding, and with model.num_layers=1 that is the only layer. Set "
+            f"model.hidden_size={config.embedding_size}, add layers, or set model.tie_weights=false."
+        )
 
 
 def validate_noise_config(config: NoiseConfig) -> None:

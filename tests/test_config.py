@@ -314,3 +314,14 @@ def test_recipe_dict_survives_a_checkpoint_and_is_checked_on_the_way_back(tmp_pa
 
 def test_all_config_errors_are_user_errors() -> None:
     assert issubclass(ConfigError, UserError)
+
+
+def test_tied_single_layer_with_unused_hidden_size_is_an_error(tmp_path):
+    from lm_flipout.config import load_recipe
+    from lm_flipout.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {tie_weights: true, num_layers: 1, embedding_size: 64, hidden_size: 256}\n")
+    with pytest.raises(ConfigError, match="model.hidden_size=256 would be ignored"):
+        load_recipe(recipe)
+    assert load_recipe(recipe, ["model.hidden_size=64"]).model.hidden_size == 64
