@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from .dropout import LockedDropout, activation_dropout
 from .noise import NoiseSample, WeightNoise
+from .recurrence import lstm_recurrence
 
 State = tuple[Union[Tensor, list[Tensor]], Union[Tensor, list[Tensor]]]
 
@@ -126,6 +127,25 @@ class LSTMLayer(nn.Module):
         hidden_mask: Optional[Tensor],
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Step-by-step recurrence; gates_x (T, B, 4H) already holds input product and bias."""
+        if sample is not None and sample.unit.dim() == 3:
+            return self._independent_recurrence(gates_x, state, sample, hidden_mask)
+        weight = self.weight_hh
+        if sample is not None and sample.out_signs is None:  # shared
+            weight = weight + sample.delta(weight)
+            sample = None
+        if sample is None:
+            return lstm_recurrence(gates_x, state, weight, mask=hidden_mask)
+        return lstm_recurrence(gates_x, state, weight, sample.delta(weight), sample.out_signs,
+                               sample.in_signs, hidden_mask)
+
+    def _independent_recurrence(
+        self,
+        gates_x: Tensor,
+        state: tuple[Tensor, Tensor],
+        sample: NoiseSample,
+        hidden_mask: Optional[Tensor],
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Per-sequence weights (the exact reference estimator), left to autograd."""
         h, c = state
         outputs = []
         for gates_t in gates_x:

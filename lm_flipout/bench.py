@@ -1,0 +1,247 @@
+"""Speed and memory of the perturbed LSTM against ``torch.nn.LSTM`` (issue 7).
+
+    python -m lm_flipout.bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
+
+For each shape and variant it times forward+backward of the LSTM stack alone and a full
+language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
+over repeats after warm-up, with the variants interleaved inside every repeat so that load
+on a shared machine hits them alike; every figure is also given as a ratio to
+``torch.nn.LSTM`` measured in the same run. Memory: on CUDA the peak allocated during a
+training step; on CPU (which has no allocator statistics) the bytes of tensors saved for
+backward, i.e. the activation memory of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import LanguageModel, ModelConfig, NoiseConfig
+from .nn import LSTM, WeightNoise
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    batch: int
+    steps: int
+    vocab: int
+
+
+SHAPES = {
+    "ptb-small": Shape(2, 200, 20, 35, 10_000),
+    "ptb-medium": Shape(2, 650, 40, 35, 10_000),
+    "char": Shape(1, 1000, 32, 100, 50),
+}
+
+# variant name -> noise (None: no noise; "torch": torch.nn.LSTM itself)
+VARIANTS: dict[str, Optional[NoiseConfig]] = {
+    "torch.nn.LSTM": None,
+    "ours, no noise": NoiseConfig("none"),
+    "gaussian shared": NoiseConfig("gaussian", "shared", sigma=1.0),
+    "dropconnect shared": NoiseConfig("dropconnect", "shared", p=0.5),
+    "gaussian flipout": NoiseConfig("gaussian", "flipout", sigma=1.0),
+    "dropconnect flipout": NoiseConfig("dropconnect", "flipout", p=0.5),
+    "gaussian independent": NoiseConfig("gaussian", "independent", sigma=1.0),
+}
+BASELINE = "torch.nn.LSTM"
+
+
+def independent_fits(shape: Shape, device: torch.device, limit_gib: float) -> bool:
+    """Per-sequence weights (plus their gradients) for every layer under ``limit_gib``."""
+    floats = 3 * shape.layers * shape.batch * 4 * shape.hidden * shape.hidden
+    return floats * 4 / 2**30 <= limit_gib
+
+
+def build_stack(noise: Optional[NoiseConfig], shape: Shape) -> nn.Module:
+    if noise is None:
+        return nn.LSTM(shape.hidden, shape.hidden, shape.layers)
+    return LSTM(shape.hidden, shape.hidden, shape.layers, recurrent_noise=noise.build())
+
+
+def build_language_model(noise: Optional[NoiseConfig], shape: Shape) -> LanguageModel:
+    config = ModelConfig(vocab_size=shape.vocab, embedding_size=shape.hidden,
+                         hidden_size=shape.hidden, num_layers=shape.layers, tie_weights=True,
+                         noise=noise or NoiseConfig("none"))
+    model = LanguageModel(config)
+    if noise is None:  # same model around the fused kernel: nn.LSTM has the same call signature
+        model.lstm = nn.LSTM(shape.hidden, shape.hidden, shape.layers)
+    return model
+
+
+class SavedBytes:
+    """Counts the bytes of distinct storages saved for backward inside the context."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> "SavedBytes":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_times(tasks: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                 repeats: int) -> dict[str, float]:
+    """Median seconds per task; tasks run interleaved, one of each per repeat."""
+    for task in tasks.values():
+        for _ in range(warmup):
+            task()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in tasks}
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            task()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
+                  independent_limit_gib: float) -> list[dict]:
+    """Time and memory of every variant on one shape."""
+    torch.manual_seed(0)
+    variants = {name: noise for name, noise in VARIANTS.items()
+                if "independent" not in name or independent_fits(shape, device, independent_limit_gib)}
+    x = torch.randn(shape.steps, shape.batch, shape.hidden, device=device)
+    tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
+    stacks = {name: build_stack(noise, shape).to(device).train() for name, noise in variants.items()}
+    models = {name: build_language_model(noise, shape).to(device).train()
+              for name, noise in variants.items()}
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1) for name, model in models.items()}
+
+    def stack_task(name: str) -> Callable[[], None]:
+        def run() -> None:
+            y, _ = stacks[name](x)
+            y.sum().backward()
+        return run
+
+    def step_task(name: str) -> Callable[[], None]:
+        model, optimizer = models[name], optimizers[name]
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            logits, _ = model(tokens[:-1])
+            F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
+            optimizer.step()
+        return run
+
+    stack_times = median_times({n: stack_task(n) for n in variants}, device, warmup, repeats)
+    step_times = median_times({n: step_task(n) for n in variants}, device, warmup, repeats)
+    memory = {name: step_memory(step_task(name), device) for name in variants}
+    rows = []
+    for name in variants:
+        rows.append({
+            "variant": name,
+            "stack_ms": 1000 * stack_times[name],
+            "stack_ratio": stack_times[name] / stack_times[BASELINE],
+            "step_ms": 1000 * step_times[name],
+            "step_ratio": step_times[name] / step_times[BASELINE],
+            "memory_mib": memory[name] / 2**20,
+            "memory_ratio": memory[name] / memory["ours, no noise"],
+        })
+    return rows
+
+
+def step_memory(task: Callable[[], None], device: torch.device) -> int:
+    """Peak allocated bytes of one step (CUDA), or bytes saved for backward (CPU)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        task()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with SavedBytes() as saved:
+        task()
+    return saved.total
+
+
+def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str:
+    memory_label = "peak MiB" if device.type == "cuda" else "saved MiB"
+    lines = [
+        f"### {shape_name}: {SHAPES[shape_name]}",
+        "",
+        f"| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM | {memory_label} | x no noise |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['stack_ms']:.1f} | {r['stack_ratio']:.2f} | {r['step_ms']:.1f} "
+            f"| {r['step_ratio']:.2f} | {r['memory_mib']:.1f} | {r['memory_ratio']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lm_flipout.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--shapes", default="ptb-small,ptb-medium,char",
+                        help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--independent-limit-gib", type=float, default=1.0,
+                        help="skip the independent estimator where its weights exceed this")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    if unknown:
+        parser.error(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+               "machine": platform.processor() or platform.machine(),
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               "command": " ".join(["python -m lm_flipout.bench", *argv]), "shapes": {}}
+    for name in args.shapes.split(","):
+        rows = measure_shape(SHAPES[name], device, args.warmup, args.repeats,
+                             args.independent_limit_gib)
+        results["shapes"][name] = rows
+        print(format_table(name, rows, device), "\n", flush=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,115 @@
+"""The LSTM recurrence with flipout, as one autograd Function with a hand-written
+backward through time (issue 7, design.md §5).
+
+Per step (gate order i, f, g, o as in ``torch.nn.LSTM``; ``u = h_{t-1} ∘ m`` with an
+optional locked-dropout mask m):
+
+    a_t = X_t + u W̄ᵀ + ((u ∘ s) ΔŴᵀ) ∘ r            (Wen et al. 2018, eq. 5)
+
+Only the recurrent products run step by step. The backward pass keeps per-step work to
+the two products that carry ∂h_{t-1}; the weight gradients of W̄ and ΔŴ are one matmul
+each over all stacked steps, and ``u ∘ s`` is recomputed from the stored outputs and the
+sign vectors instead of being stored.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _activate(gates: Tensor, hidden: int) -> Tensor:
+    """In place: sigmoid on i, f, o and tanh on g; returns ``gates``."""
+    gates[:, : 2 * hidden].sigmoid_()
+    gates[:, 2 * hidden : 3 * hidden].tanh_()
+    gates[:, 3 * hidden :].sigmoid_()
+    return gates
+
+
+class FlipoutRecurrence(torch.autograd.Function):
+    """(gates_x, h0, c0, W̄, ΔŴ, r, s, m) → (outputs (T, B, H), h_T, c_T).
+
+    ``gates_x`` (T, B, 4H) holds the input product and biases; ΔŴ with r (B, 4H) and
+    s (B, H) may be None (no per-sequence noise), and so may the mask m (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x, h0, c0, weight, delta, out_signs, in_signs, mask):
+        steps, batch, _ = gates_x.shape
+        hidden = h0.shape[1]
+        acts = torch.empty_like(gates_x)
+        hs = gates_x.new_empty(steps + 1, batch, hidden)
+        cs = gates_x.new_empty(steps + 1, batch, hidden)
+        hs[0], cs[0] = h0, c0
+        weight_t = weight.t()
+        delta_t = delta.t() if delta is not None else None
+        for t in range(steps):
+            u = hs[t] if mask is None else hs[t] * mask
+            gates = torch.addmm(gates_x[t], u, weight_t, out=acts[t])
+            if delta_t is not None:
+                gates.addcmul_(torch.mm(u * in_signs, delta_t), out_signs)
+            _activate(gates, hidden)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
+            torch.mul(o, c.tanh(), out=hs[t + 1])
+        ctx.save_for_backward(acts, hs, cs, weight, delta, out_signs, in_signs, mask)
+        outputs = hs[1:]
+        return outputs, hs[steps].clone(), cs[steps].clone()
+
+    @staticmethod
+    def backward(ctx, grad_outputs, grad_h, grad_c):
+        acts, hs, cs, weight, delta, out_signs, in_signs, mask = ctx.saved_tensors
+        steps, batch, hidden = grad_outputs.shape
+        # Everything that does not depend on the incoming gradient is computed for all steps
+        # at once, so the loop below runs a handful of ops per step.
+        i, f, g, o = acts.chunk(4, dim=2)
+        tanh_c = cs[1:].tanh()
+        coef = torch.empty_like(acts).view(steps, batch, 4, hidden)  # ∂a/∂(dc or dh) per gate
+        torch.mul(g, i * (1 - i), out=coef[:, :, 0])
+        torch.mul(cs[:-1], f * (1 - f), out=coef[:, :, 1])
+        torch.mul(i, 1 - g * g, out=coef[:, :, 2])
+        torch.mul(tanh_c, o * (1 - o), out=coef[:, :, 3])
+        dc_from_dh = o * (1 - tanh_c * tanh_c)
+        del tanh_c
+
+        grad_gates = torch.empty_like(acts)
+        dh, dc = grad_h.clone(), grad_c.clone()  # autograd materializes unused grads as zeros
+        for t in reversed(range(steps)):
+            dh += grad_outputs[t]
+            dc.addcmul_(dh, dc_from_dh[t])
+            gates_t = grad_gates[t].view(batch, 4, hidden)
+            torch.mul(coef[t, :, :3], dc.unsqueeze(1), out=gates_t[:, :3])
+            torch.mul(coef[t, :, 3], dh, out=gates_t[:, 3])
+            dc = dc * f[t]
+            du = torch.mm(grad_gates[t], weight)
+            if delta is not None:
+                du.addcmul_(torch.mm(grad_gates[t] * out_signs, delta), in_signs)
+            dh = du if mask is None else du * mask
+        del coef, dc_from_dh
+
+        inputs = hs[:-1] if mask is None else hs[:-1] * mask  # u_t for every step
+        flat_grad = grad_gates.reshape(steps * batch, -1)
+        grad_weight = flat_grad.t() @ inputs.reshape(steps * batch, hidden)
+        grad_delta = None
+        if delta is not None and ctx.needs_input_grad[4]:
+            signed_grad = (grad_gates * out_signs).reshape(steps * batch, -1)
+            grad_delta = signed_grad.t() @ (inputs * in_signs).reshape(steps * batch, hidden)
+        return grad_gates, dh, dc, grad_weight, grad_delta, None, None, None
+
+
+def lstm_recurrence(
+    gates_x: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight: Tensor,
+    delta: Optional[Tensor] = None,
+    out_signs: Optional[Tensor] = None,
+    in_signs: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Run the recurrence; returns outputs (T, B, H) and the final (h, c)."""
+    outputs, h, c = FlipoutRecurrence.apply(
+        gates_x, state[0], state[1], weight, delta, out_signs, in_signs, mask
+    )
+    return outputs, (h, c)
