@@ -5,7 +5,6 @@ Configured by one dataclass; does no I/O and knows nothing about training (style
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -115,7 +114,3 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-
-def perplexity(mean_nll: float) -> float:
-    """exp of the mean per-token NLL in nats (inf when it overflows)."""
-    return math.exp(mean_nll) if mean_nll < 700 else float("inf")
