@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
-from .nn import LSTM, WeightNoise
+from .nn import LSTM
 
 
 @dataclass(frozen=True)

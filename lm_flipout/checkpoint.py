@@ -8,19 +8,18 @@ code from the file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import CheckpointError
 
 FORMAT_KEY = "format"
@@ -32,38 +31,6 @@ PathLike = Union[str, os.PathLike]
 _PLAIN_TYPES = (
     type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device
 )
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for binary writing; on success flush, fsync and
-    rename it over ``path``. On any error the temporary file is removed and ``path`` is left
-    as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_plain(value: Any, key: str) -> None:

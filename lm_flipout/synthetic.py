@@ -50,6 +50,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import ConfigError, DataError
 
 EOL = "\n"  # the HMM's end-of-line token; written as a line break
@@ -299,17 +300,8 @@ def sample_corpus(spec: HMMSpec, num_tokens: int, seed: int) -> list[str]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling, then rename it over `path`."""
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp_path, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def split_seed(split: str) -> int:

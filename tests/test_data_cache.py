@@ -82,7 +82,7 @@ def test_half_written_tmp_file_is_never_read(tmp_path, monkeypatch):
     # holds a complete (but wrong) payload: it must not be read.
     payload = corpus_mod._payload(good, corpus_mod.cache_paths(cfg, corpus_mod.read_splits(cfg))[0])
     payload["splits"]["train"]["tokens"] = torch.tensor([4, 4, 4, 4])
-    torch.save(payload, Path(good.cache_path).parent / f"{cache_mod.TMP_PREFIX}abc.part")
+    torch.save(payload, Path(good.cache_path).parent / f".{Path(good.cache_path).name}.abc.tmp")
     assert load_corpus(cfg).splits["train"].tokens.tolist() == [2, 3, 2, 0, 4, 0]
 
 

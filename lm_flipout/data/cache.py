@@ -8,17 +8,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Callable, Optional
 
 import torch
 
+from lm_flipout.atomic import atomic_write
 from lm_flipout.errors import DataError
 
 log = logging.getLogger(__name__)
-
-TMP_PREFIX = ".tmp-"
-
 
 def cache_key(parts: dict[str, Any]) -> str:
     """sha256 of a JSON rendering of `parts` (sorted keys): equal settings, equal key."""
@@ -27,27 +24,14 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=directory)
+        with atomic_write(path) as handle:
+            write(handle)
     except OSError as err:
         raise DataError(
-            f"Cannot write the data cache in {directory}: {err}. Set data.cache_dir to a "
+            f"Cannot write the data cache file {path}: {err}. Set data.cache_dir to a "
             "writable directory."
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
