@@ -17,8 +17,8 @@ EPILOG = """examples:
   python evaluate.py checkpoints/quickstart/best.pt --mc-samples 10     # Monte-Carlo averaging
 
 Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokenizers) and writes
-it beside the checkpoint as <checkpoint>.<split>[.mcK].json. Data and model are rebuilt from the
-config stored in the checkpoint."""
+it beside the checkpoint as <checkpoint>.<split>[.bsN][.mcK].json (bsN when --batch-size is
+given). Data and model are rebuilt from the config stored in the checkpoint."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,13 +48,19 @@ def main(argv: list[str]) -> int:
 
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
                                      args.mc_samples, args.device)
+        text = json.dumps(result, indent=2)
+        print(text)
+        suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")
+                  + (f".mc{args.mc_samples}" if args.mc_samples else "") + ".json")
+        out = Path(args.checkpoint).with_suffix(suffix)
+        try:
+            with atomic_write(out) as handle:
+                handle.write(text.encode() + b"\n")
+        except OSError as err:
+            raise UserError(f"The result was printed but could not be written to {out} "
+                            f"({err.strerror or err}). Check that the folder is writable.") from None
     except UserError as error:
         return fail(error)
-    text = json.dumps(result, indent=2)
-    print(text)
-    suffix = f".{args.split}" + (f".mc{args.mc_samples}" if args.mc_samples else "") + ".json"
-    with atomic_write(Path(args.checkpoint).with_suffix(suffix)) as handle:
-        handle.write(text.encode() + b"\n")
     return 0
 
 

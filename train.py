@@ -19,7 +19,9 @@ EPILOG = """examples:
 The run directory is <train.out_dir>/<train.run_name> (default checkpoints/<recipe name>) and
 holds config.yaml, last.pt, best.pt, metrics.jsonl and results.json. W&B logs offline by
 default (wandb.mode=online to sync, wandb.mode=disabled to skip). Ctrl-C or SIGTERM finish the
-current step, write last.pt and exit; --resume continues exactly where the run stopped."""
+current step, write last.pt and exit; --resume continues exactly where the run stopped (on a
+finished run it only reports the results). A resume may change the training length, the
+checkpoint and log intervals, the device, paths, W&B settings, optim.lr and optim.clip."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    resume_command = shlex.join(["python", "train.py", args.recipe, *args.overrides, "--resume"])
     try:
         from lm_flipout.config import recipe_to_yaml
 
@@ -45,17 +48,31 @@ def main(argv: list[str]) -> int:
         if args.print_config:
             print(recipe_to_yaml(recipe), end="")
             return 0
-        from lm_flipout.training import Interrupted, Trainer
+        from lm_flipout.training import AlreadyFinished, Interrupted, Trainer
 
         try:
             Trainer(recipe, run_dir, resume=args.resume).run()
+        except AlreadyFinished as done:
+            shown = ", ".join(f"{key} {done.results[key]:.4g}" for key in ("valid_ppl", "test_ppl")
+                              if isinstance(done.results.get(key), (int, float)))
+            print(f"{done.run_dir} is already finished ({shown}); nothing was trained. Its "
+                  f"results are in {done.run_dir / 'results.json'}. To train further, start a new "
+                  "run with train.run_name=NAME.")
+            return 0
         except Interrupted as stop:
-            command = shlex.join(["python", "train.py", args.recipe, *args.overrides, "--resume"])
-            print(f"\nStopped after writing {stop.run_dir / 'last.pt'}. Resume with:\n  {command}",
-                  file=sys.stderr)
+            if stop.saved:
+                what = f"Stopped after writing {stop.run_dir / 'last.pt'}."
+            else:
+                what = (f"Stopped at once; {stop.run_dir / 'last.pt'} is the one from the last "
+                        "regular save.")
+            print(f"\n{what} Resume with:\n  {resume_command}", file=sys.stderr)
             return 128 + stop.signum
     except UserError as error:
         return fail(error)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted before training started. Start again with:\n  {resume_command}",
+              file=sys.stderr)
+        return 130
     return 0
 
 

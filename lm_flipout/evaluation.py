@@ -79,24 +79,52 @@ def evaluate_checkpoint(
     """Rebuild data and model from a checkpoint's own config and score one split.
 
     ``batch_size`` defaults to 1 for the test split (the usual protocol) and to the
-    recipe's ``data.eval_batch_size`` otherwise."""
+    recipe's ``data.eval_batch_size`` otherwise. A last.pt taken after NT-ASGD started
+    averaging is scored with the averaged weights, as training evaluates it."""
     from .checkpoint import load_checkpoint
     from .config import recipe_from_dict
     from .data import check_vocab, load_corpus
     from .data.batching import make_batches
+    from .errors import CheckpointError, UserError
+    from .optim import averaged_weights, build_optimizer
     from .training import select_device
 
+    if split not in ("valid", "test"):
+        raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise UserError(f"batch size {batch_size!r} must be a positive integer.")
+    if isinstance(mc_samples, bool) or mc_samples < 0:
+        raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
     state = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in ("model", "config", "vocab") if key not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise CheckpointError(
+            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
+            "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
+        )
     recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
+    target = select_device(device)
     corpus = load_corpus(recipe.data)
     check_vocab(corpus, state["vocab"], path)
     recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
-    target = select_device(device)
     model = LanguageModel(recipe.model)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer = None
+        if state.get("schedule", {}).get("averaging") and "optimizer" in state:
+            optimizer = build_optimizer(recipe.optim, model.parameters(), averaging=True)
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the model its own config describes "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). It is damaged or "
+            "was written by another version of lm_flipout."
+        ) from None
     model.to(target)
     batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
-    nll, tokens = total_nll(model, batches.iterate(), batches.carries_state, target, mc_samples)
+    with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging
+        nll, tokens = total_nll(model, batches.iterate(), batches.carries_state, target,
+                                mc_samples)
     metrics = split_metrics(nll, tokens, corpus.splits[split], split)
     result = {
         "split": split,
@@ -111,3 +139,4 @@ def evaluate_checkpoint(
     if corpus.tokenizer != "word":
         result["word_ppl"] = metrics[f"{split}_word_ppl"]
     return result
+

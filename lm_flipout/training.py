@@ -4,6 +4,11 @@ A run is resumable at any step: ``last.pt`` holds the model, optimizer, schedule
 carried LSTM state, every RNG state and the exact data position, and the batch order of an
 epoch depends only on (seed, epoch), so a resumed run repeats an uninterrupted one exactly
 on CPU.
+
+Crash safety: files are replaced atomically, and at the end of an epoch best.pt is written
+before last.pt. A crash between the two leaves last.pt from before the epoch's end, so a
+resume redoes the end of the epoch (and rewrites best.pt) instead of trusting a best.pt
+that last.pt does not know about.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -27,20 +34,45 @@ from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoin
 from .config import Recipe, recipe_to_dict, save_recipe
 from .data import check_vocab, load_corpus
 from .data.batching import make_batches
-from .errors import TrainingError
+from .errors import CheckpointError, TrainingError
 from .evaluation import split_metrics, total_nll
 from .model import LanguageModel
 from .nn import detach_state
-from .optim import Schedule, averaged_weights, build_optimizer
+from .optim import Schedule, activation_penalty, averaged_weights, build_optimizer
 from .tracking import Tracker
+
+RESULTS_FILE = "results.json"
+
+# Recipe keys that may differ between a run and its --resume: how long and how often to
+# train, log and checkpoint, where things live, and the learning rate and clipping (to
+# recover from a divergence). Everything else would silently change the experiment.
+RESUME_MAY_CHANGE = frozenset({
+    "train.epochs", "train.max_steps", "train.early_stopping", "train.checkpoint_every_s",
+    "train.checkpoint_every_steps", "train.log_every", "train.device", "train.deterministic",
+    "train.out_dir", "train.run_name",
+    "optim.lr", "optim.clip",
+    "data.path", "data.train_file", "data.valid_file", "data.test_file", "data.hf_data_files",
+    "data.hf_cache_dir", "data.cache_dir",
+})
+LAST_KEYS = ("model", "optimizer", "schedule", "progress", "carried_state", "rng", "config", "vocab")
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; ``last.pt`` was written after the current step."""
+    """SIGINT/SIGTERM arrived. With ``saved`` the current step was finished and ``last.pt``
+    written; without it (a second signal) the run stopped at once and ``last.pt`` is the one
+    from the last regular save."""
 
-    def __init__(self, signum: int, run_dir: Path) -> None:
+    def __init__(self, signum: int, run_dir: Path, saved: bool = True) -> None:
         super().__init__(signum)
-        self.signum, self.run_dir = signum, run_dir
+        self.signum, self.run_dir, self.saved = signum, run_dir, saved
+
+
+class AlreadyFinished(Exception):
+    """``--resume`` on a run that has its results.json; nothing is trained."""
+
+    def __init__(self, run_dir: Path, results: dict) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir, self.results = run_dir, results
 
 
 @dataclass
@@ -57,27 +89,50 @@ class Progress:
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
     metrics_bytes: int = 0  # length of metrics.jsonl when the checkpoint was written
+    epoch_nll: float = 0.0  # summed training loss of the epoch in progress (nats)
+    epoch_tokens: int = 0  # training tokens of the epoch in progress
+    log_nll: float = 0.0  # summed training loss since the last "train" log line
+    log_tokens: int = 0  # training tokens since the last "train" log line
+    log_seconds: float = 0.0  # time spent in training steps since the last "train" log line
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    """``auto`` picks CUDA when present; an unavailable device is a clear error."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise TrainingError(f"Device {name!r} is not a device. Use auto (CUDA when available), "
+                            "cpu, cuda, cuda:N (e.g. cuda:1) or mps.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(
-            f"train.device={name!r} asks for a GPU but PyTorch sees none. Use train.device=auto "
-            "or train.device=cpu."
-        )
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                f"train.device={name!r} asks for a GPU but PyTorch sees none. Use train.device=auto "
+                "or train.device=cpu."
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise TrainingError(
+                f"train.device={name!r} names GPU {index}, but PyTorch sees "
+                f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1}). "
+                "Pick one of those or use train.device=auto."
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError("train.device='mps' asks for Apple's GPU, but PyTorch cannot use it "
+                            "here. Use train.device=auto or train.device=cpu.")
     return torch.device(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every generator; ``deterministic`` also makes PyTorch use deterministic kernels
+    (and fail on an operation that has none), at some cost in speed on GPUs."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
         torch.backends.cudnn.benchmark = False
 
 
@@ -92,6 +147,33 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
+
+
+def read_results(run_dir: Path) -> Optional[dict]:
+    """The run's results.json, or None when the run has not finished."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TrainingError(
+            f"{path} exists but cannot be read as JSON ({err}). It marks the run as finished; "
+            "if it is damaged, delete it and run with --resume to compute the results again."
+        ) from None
+    if not isinstance(results, dict):
+        raise TrainingError(f"{path} does not hold a JSON object. Delete it and run with "
+                            "--resume to compute the results again.")
+    return results
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and not (prefix and prefix.endswith("hf_data_files")):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
 
 
 def _state_to_plain(state) -> Optional[dict]:
@@ -110,17 +192,28 @@ def _state_from_plain(plain: Optional[dict], model: LanguageModel, device: torch
 
 
 class Trainer:
-    """Builds everything a recipe describes and trains it in ``run_dir``."""
+    """Builds everything a recipe describes and trains it in ``run_dir``.
+
+    Raises `AlreadyFinished` for ``resume`` on a finished run, TrainingError for a fresh
+    start in a directory that holds a run, CheckpointError for an unusable last.pt.
+    """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False,
                  echo: Callable[[str], None] = print) -> None:
         self.recipe, self.run_dir, self.echo = recipe, Path(run_dir), echo
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self._check_run_dir(resume)
+        state = None
+        if resume and self.last_path.exists():
+            state = load_checkpoint(self.last_path, map_location="cpu")  # fail before slow work
+            self._check_last(state)
         self.device = select_device(recipe.train.device)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = load_corpus(recipe.data)
         recipe.model.vocab_size = self.corpus.vocab_size
+        if state is not None:
+            check_vocab(self.corpus, state["vocab"], str(self.last_path))
+            self._adopt_config(state["config"])
         self.model = LanguageModel(recipe.model).to(self.device)
         self.schedule = Schedule(recipe.optim)
         self.optimizer = build_optimizer(recipe.optim, self.model.parameters())
@@ -133,27 +226,61 @@ class Trainer:
                                split=name)
             for name in ("valid", "test")
         }
-        self.resumed = resume and self.last_path.exists()
-        if self.resumed:
-            self._restore(load_checkpoint(self.last_path, map_location=self.device))
+        self.resumed = state is not None
+        self._saved_step: Optional[int] = None  # step of the last.pt on disk
+        if state is not None:
+            self._restore(state)
         elif resume:
-            self.echo(f"--resume: no checkpoint in {self.run_dir} yet; starting the run from the beginning.")
+            self.echo(f"--resume: no checkpoint in {self.run_dir} yet; starting the run from "
+                      "the beginning.")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A resume rewrites config.yaml (with any allowed change) with its first checkpoint,
+        # so a resume that fails at once leaves the run directory as it was.
+        self._config_pending = self.resumed
         if not self.resumed:
             save_recipe(recipe, self.run_dir / "config.yaml")
-            (self.run_dir / "metrics.jsonl").write_text("")
+        self._prepare_metrics_file()
         self.tracker = Tracker(self.run_dir, recipe, resume=self.resumed)
+        if state is not None:
+            try:
+                set_rng_state(state["rng"])  # last, so that nothing above draws from it
+            except (CheckpointError, TypeError, ValueError, KeyError, IndexError,
+                    RuntimeError) as err:
+                self.tracker.finish(exit_code=1)
+                if isinstance(err, CheckpointError):
+                    raise
+                raise CheckpointError(
+                    f"Checkpoint {self.last_path} holds a damaged random-number state "
+                    f"({type(err).__name__}), so the run cannot be resumed exactly. Restore the "
+                    "run's own last.pt, or start a new run under another train.run_name."
+                ) from None
         self._stop_signal: Optional[int] = None
+        self._last_save_time = self._run_start = time.monotonic()
+        self._wall_before = self.progress.wall_seconds
 
     # -- run directory -------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
-        has_run = self.last_path.exists() or (self.run_dir / "results.json").exists()
-        if has_run and not resume:
+        if resume:
+            results = read_results(self.run_dir)
+            if results is not None:
+                raise AlreadyFinished(self.run_dir, results)
+            return
+        found = [name for name in ("last.pt", "best.pt", RESULTS_FILE)
+                 if (self.run_dir / name).exists()]
+        if found:
             raise TrainingError(
-                f"The run directory {self.run_dir} already holds a run (last.pt or results.json). "
+                f"The run directory {self.run_dir} already holds a run ({', '.join(found)}). "
                 "Nothing was changed. Continue it with --resume, or start a new run under another "
                 "name with train.run_name=NAME (or train.out_dir=DIR)."
             )
+
+    def _prepare_metrics_file(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not self.resumed or not path.exists():
+            path.write_text("")
+            return
+        with open(path, "r+b") as metrics:
+            metrics.truncate(self.progress.metrics_bytes)  # drop lines logged after last.pt
 
     # -- checkpoints ---------------------------------------------------------------------
     def _checkpoint_state(self) -> dict:
@@ -168,9 +295,24 @@ class Trainer:
             "vocab": list(self.corpus.vocab),
         }
 
+    def _check_finite_weights(self) -> None:
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise self._diverged(f"the weight {name} holds NaN or infinite values after "
+                                     f"step {self.progress.step}")
+
+    def _update_wall_time(self) -> None:
+        self.progress.wall_seconds = self._wall_before + time.monotonic() - self._run_start
+
     def _save_last(self) -> None:
+        self._check_finite_weights()  # never replace a good last.pt with a broken model
+        self._update_wall_time()
         self.progress.metrics_bytes = self.tracker.metrics_bytes()
         save_checkpoint(self._checkpoint_state(), self.last_path)
+        if self._config_pending:
+            save_recipe(self.recipe, self.run_dir / "config.yaml")
+            self._config_pending = False
+        self._saved_step = self.progress.step
         self._last_save_time = time.monotonic()
 
     def _save_best(self) -> None:
@@ -180,51 +322,120 @@ class Trainer:
                  "vocab": list(self.corpus.vocab), "progress": asdict(self.progress)}
         save_checkpoint(state, self.best_path)
 
+    def _check_last(self, state: dict) -> None:
+        missing = [key for key in LAST_KEYS if key not in state]
+        if not missing and not isinstance(state["config"], dict):
+            missing = ["a config mapping"]
+        if missing:
+            raise CheckpointError(
+                f"Checkpoint {self.last_path} lacks {', '.join(missing)}, so the run cannot be "
+                "resumed from it (best.pt, for one, holds only the model). Restore the run's own "
+                "last.pt, or start a new run under another train.run_name."
+            )
+        names = {f.name for f in fields(Progress)}
+        if not isinstance(state["progress"], dict) or not set(state["progress"]) <= names:
+            raise CheckpointError(f"Checkpoint {self.last_path} has an unknown progress record; "
+                                  "it was written by another version of lm_flipout. Resume it "
+                                  "with that version, or start a new run.")
+
+    def _adopt_config(self, stored: dict) -> None:
+        """Refuse a resume whose recipe changes the experiment; report allowed changes."""
+        old, new = _flatten(stored), _flatten(recipe_to_dict(self.recipe))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("wandb.")]
+        if fixed:
+            shown = "; ".join(f"{k}: run {old.get(k)!r}, now {new.get(k)!r}" for k in fixed[:6])
+            more = f" (and {len(fixed) - 6} more)" if len(fixed) > 6 else ""
+            raise TrainingError(
+                f"--resume: the recipe differs from the one {self.last_path} was trained with in "
+                f"settings a run cannot change midway: {shown}{more}. Resume with the run's own "
+                f"settings (its {self.run_dir / 'config.yaml'}), or start a new run under another "
+                "name with train.run_name=NAME. Only the training length, checkpoint/log "
+                "intervals, device, paths, W&B settings, optim.lr and optim.clip may change."
+            )
+        for key in changed:
+            self.echo(f"--resume: {key} changed from {old.get(key)!r} to {new.get(key)!r}.")
+        self._old_lr = float(old["optim.lr"])
+
     def _restore(self, state: dict) -> None:
-        check_vocab(self.corpus, state["vocab"], str(self.last_path))
-        self.model.load_state_dict(state["model"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.schedule.averaging:
-            self.optimizer = build_optimizer(self.recipe.optim, self.model.parameters(), averaging=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = Progress(**state["progress"])
-        self.carried = _state_from_plain(state["carried_state"], self.model, self.device)
-        set_rng_state(state["rng"])
-        with open(self.run_dir / "metrics.jsonl", "r+b") as metrics:
-            metrics.truncate(self.progress.metrics_bytes)  # drop lines logged after last.pt
-        self.echo(f"Resuming {self.run_dir} at epoch {self.progress.epoch}, step {self.progress.step}.")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.schedule.load_state_dict(state["schedule"])
+            if self.schedule.averaging:
+                self.optimizer = build_optimizer(self.recipe.optim, self.model.parameters(),
+                                                 averaging=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.progress = Progress(**state["progress"])
+            self.carried = _state_from_plain(state["carried_state"], self.model, self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(
+                f"Checkpoint {self.last_path} does not fit the model and optimizer its own config "
+                f"describes ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). "
+                "It is damaged or was written by another version of lm_flipout; start a new run "
+                "under another train.run_name."
+            ) from None
+        if self.recipe.optim.lr != self._old_lr:  # keep the schedule's cuts, rescale the base
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.recipe.optim.lr / self._old_lr
+        self._saved_step = self.progress.step
+        self.echo(f"Resuming {self.run_dir} at epoch {self.progress.epoch}, step "
+                  f"{self.progress.step}.")
 
     # -- signals -------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second signal: stop now, without saving
+            raise Interrupted(signum, self.run_dir, saved=False)
         self._stop_signal = signum
+        name = signal.Signals(signum).name
+        self.echo(f"\n{name} received: finishing the current step and writing last.pt "
+                  f"(send it again to stop at once).")
+
+    def _stop_if_signalled(self) -> None:
+        """At a point where last.pt is up to date: leave if a signal asked for it."""
+        if self._stop_signal is not None:
+            raise Interrupted(self._stop_signal, self.run_dir)
 
     # -- training ------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train to the end (or until stopped early), then write ``results.json``."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        start = time.monotonic()
-        wall_before = self.progress.wall_seconds
-        self._last_save_time = time.monotonic()
+        """Train to the end (or until stopped early), then write ``results.json``.
+
+        Raises `Interrupted` after SIGINT/SIGTERM and TrainingError when the loss diverges;
+        the W&B run is closed in every case.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                    if in_main else {})
+        self._last_save_time = self._run_start = time.monotonic()
+        self._wall_before = self.progress.wall_seconds
+        exit_code = 1
         try:
             self.echo(f"Training on {self.device} with {self.model.num_parameters():,} parameters; "
                       f"run directory {self.run_dir}")
-            cfg = self.recipe.train
-            while self.progress.epoch <= cfg.epochs and not self._finished_early():
+            while self._epochs_left():
                 self._train_epoch()
+                self._update_wall_time()
                 self._end_epoch()
-            self.progress.wall_seconds = wall_before + time.monotonic() - start
+                self._stop_if_signalled()
+            self._update_wall_time()
             results = self._final_results()
+            exit_code = 0
+        except Interrupted as stop:
+            exit_code = 128 + stop.signum
+            raise
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self.tracker.finish()
+            self.tracker.finish(exit_code=exit_code)
         return results
 
-    def _finished_early(self) -> bool:
-        cfg = self.recipe.train
-        if cfg.max_steps and self.progress.step >= cfg.max_steps:
-            return True
-        return bool(cfg.early_stopping) and self.progress.epochs_without_improvement >= cfg.early_stopping
+    def _epochs_left(self) -> bool:
+        cfg, progress = self.recipe.train, self.progress
+        if progress.epoch > cfg.epochs:
+            return False
+        if cfg.early_stopping and progress.epochs_without_improvement >= cfg.early_stopping:
+            return False
+        # max_steps reached: stop once the epoch it was reached in has been closed (evaluated)
+        return not (cfg.max_steps and progress.step >= cfg.max_steps and progress.position == 0)
 
     def _train_epoch(self) -> None:
         cfg, progress = self.recipe, self.progress
@@ -235,46 +446,68 @@ class Trainer:
                    leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
         if progress.position == 0:
             self.carried = None
-        window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
-        for batch in bar:
-            step_start = time.monotonic()
-            loss, tokens, grad_norm, lr = self._train_step(batch)
-            progress.train_seconds += time.monotonic() - step_start
-            progress.train_tokens += tokens
-            progress.step += 1
-            progress.position = batch.position + batch.inputs.shape[0] if batches.carries_state \
-                else batch.position + 1
-            window_loss += loss * tokens
-            window_tokens += tokens
-            if progress.step % cfg.train.log_every == 0 or self._stop_signal is not None:
-                mean = window_loss / window_tokens
-                speed = window_tokens / max(time.monotonic() - window_start, 1e-9)
-                self.tracker.log({"event": "train", "epoch": progress.epoch, "loss": mean,
-                                  "ppl": math.exp(min(mean, 700)), "lr": lr,
-                                  "grad_norm": grad_norm, "tokens_per_s": speed}, progress.step)
-                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
-                                lr=f"{lr:.3g}", tok_s=f"{speed:,.0f}")
-                window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
-            if self._stop_signal is not None:
-                bar.close()
-                self._save_last()
-                raise Interrupted(self._stop_signal, self.run_dir)
-            if self._checkpoint_due():
-                self._save_last()
-            if cfg.train.max_steps and progress.step >= cfg.train.max_steps:
-                break
-        bar.close()
+        try:
+            for batch in bar:
+                if cfg.train.max_steps and progress.step >= cfg.train.max_steps:
+                    break
+                step_start = time.monotonic()
+                loss, tokens, grad_norm, lr = self._train_step(batch)
+                step_seconds = time.monotonic() - step_start
+                progress.train_seconds += step_seconds
+                progress.log_seconds += step_seconds
+                progress.train_tokens += tokens
+                progress.epoch_nll += loss * tokens
+                progress.epoch_tokens += tokens
+                progress.step += 1
+                progress.position = (batch.position + batch.inputs.shape[0]
+                                     if batches.carries_state else batch.position + 1)
+                progress.log_nll += loss * tokens
+                progress.log_tokens += tokens
+                if progress.step % cfg.train.log_every == 0:
+                    mean = progress.log_nll / progress.log_tokens
+                    speed = progress.log_tokens / max(progress.log_seconds, 1e-9)
+                    self.tracker.log({"event": "train", "epoch": progress.epoch, "loss": mean,
+                                      "ppl": math.exp(min(mean, 700)), "lr": lr,
+                                      "grad_norm": grad_norm, "tokens_per_s": speed},
+                                     progress.step)
+                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
+                                    lr=f"{lr:.3g}", tok_s=f"{speed:,.0f}")
+                    progress.log_nll, progress.log_tokens, progress.log_seconds = 0.0, 0, 0.0
+                if self._stop_signal is not None:
+                    self._save_last()
+                    self._stop_if_signalled()
+                if self._checkpoint_due():
+                    self._save_last()
+        finally:
+            bar.close()
 
     def _batches_before(self, position: int) -> int:
         if not self.train_batches.carries_state:
             return position
-        return sum(1 for start, _ in self.train_batches.windows(self.progress.epoch) if start < position)
+        return sum(1 for start, _ in self.train_batches.windows(self.progress.epoch)
+                   if start < position)
 
     def _checkpoint_due(self) -> bool:
         cfg = self.recipe.train
         if cfg.checkpoint_every_steps and self.progress.step % cfg.checkpoint_every_steps == 0:
             return True
-        return cfg.checkpoint_every_s > 0 and time.monotonic() - self._last_save_time >= cfg.checkpoint_every_s
+        return (cfg.checkpoint_every_s > 0
+                and time.monotonic() - self._last_save_time >= cfg.checkpoint_every_s)
+
+    def _diverged(self, what: str) -> TrainingError:
+        progress = self.progress
+        if self._saved_step is None:
+            kept = "No last.pt had been written yet"
+        else:
+            kept = f"The last good checkpoint {self.last_path} (from step {self._saved_step}) is kept"
+        if self.best_path.exists():
+            kept += f", and so is {self.best_path}"
+        return TrainingError(
+            f"Training diverged: {what} (epoch {progress.epoch}); the run stopped without saving "
+            f"it. {kept}. Lower optim.lr, enable or tighten gradient clipping (optim.clip) or "
+            "weaken the noise; optim.lr and optim.clip may be changed on --resume, other "
+            "settings need a new run (train.run_name=NAME)."
+        )
 
     def _train_step(self, batch) -> tuple[float, int, float, float]:
         optim = self.recipe.optim
@@ -285,30 +518,31 @@ class Trainer:
         self.carried = detach_state(state)
         logits = model.decoder(dropped)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        objective = loss
-        if optim.ar:
-            objective = objective + optim.ar * dropped.pow(2).mean()
-        if optim.tar:
-            objective = objective + optim.tar * (raw[1:] - raw[:-1]).pow(2).mean()
+        objective = loss + activation_penalty(raw, dropped, optim.ar, optim.tar)
         value = loss.item()
+        step = self.progress.step + 1
         if not math.isfinite(value):
-            raise TrainingError(
-                f"The training loss became {value} at step {self.progress.step + 1} (epoch "
-                f"{self.progress.epoch}); the run stopped without saving this step. The last good "
-                f"checkpoint {self.last_path} is kept. Lower optim.lr, enable gradient clipping "
-                "(optim.clip) or weaken the noise, then resume with --resume or start a new run."
-            )
+            raise self._diverged(f"the training loss became {value} at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         params = [p for p in model.parameters() if p.grad is not None]
         clip = optim.clip if optim.clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"the gradient norm became {grad_norm} at step {step}")
         base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["lr"] *= batch.lr_scale
-        self.optimizer.step()
-        for group, lr in zip(self.optimizer.param_groups, base_lrs):
-            group["lr"] = lr
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # e.g. Adam's step size beyond the float range
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged(f"the optimizer step at step {step} overflowed "
+                                 f"({str(err).strip().splitlines()[0]})") from None
+        finally:
+            for group, lr in zip(self.optimizer.param_groups, base_lrs):
+                group["lr"] = lr
         return value, targets.numel(), grad_norm, base_lrs[0]
 
     def _evaluate(self, split: str, mc_samples: int = 0) -> dict:
@@ -320,6 +554,9 @@ class Trainer:
         progress = self.progress
         with averaged_weights(self.model, self.optimizer):
             metrics = self._evaluate("valid")
+        if not math.isfinite(metrics["valid_loss"]):
+            raise self._diverged(f"the validation loss became {metrics['valid_loss']} after step "
+                                 f"{progress.step}")
         lr = self.optimizer.param_groups[0]["lr"]
         improved = metrics["valid_loss"] < progress.best_valid_loss
         if improved:
@@ -329,19 +566,30 @@ class Trainer:
             progress.epochs_without_improvement += 1
         change = self.schedule.step(metrics["valid_loss"], self.optimizer)
         if change == "averaging":
-            self.optimizer = build_optimizer(self.recipe.optim, self.model.parameters(), averaging=True)
+            self.optimizer = build_optimizer(self.recipe.optim, self.model.parameters(),
+                                             averaging=True)
+        train_loss = progress.epoch_nll / max(progress.epoch_tokens, 1)
+        speed = progress.train_tokens / max(progress.train_seconds, 1e-9)
+        best_ppl = math.exp(min(progress.best_valid_loss, 700))
         self.tracker.log({"event": "valid", "epoch": progress.epoch, "lr": lr, **metrics},
                          progress.step)
-        note = {"lr": f", lr x{self.recipe.optim.plateau_factor:g}",
-                "averaging": ", switched to averaged SGD"}.get(change or "", "")
-        self.echo(f"epoch {progress.epoch:3d} | step {progress.step} | valid ppl "
-                  f"{metrics['valid_ppl']:.2f} | bpc {metrics['valid_bpc']:.3f} | lr {lr:.3g}"
+        self.tracker.log({"event": "epoch", "epoch": progress.epoch, "train_loss": train_loss,
+                          "train_ppl": math.exp(min(train_loss, 700)),
+                          "valid_ppl": metrics["valid_ppl"], "best_valid_ppl": best_ppl,
+                          "lr": lr, "tokens_per_s": speed, "wall_s": progress.wall_seconds},
+                         progress.step)
+        note = {"lr": f" | lr x{self.recipe.optim.plateau_factor:g}",
+                "averaging": " | switched to averaged SGD"}.get(change or "", "")
+        self.echo(f"epoch {progress.epoch:3d} | step {progress.step} | train ppl "
+                  f"{math.exp(min(train_loss, 700)):.2f} | valid ppl {metrics['valid_ppl']:.2f} | "
+                  f"bpc {metrics['valid_bpc']:.3f} | lr {lr:.3g} | {speed:,.0f} tok/s"
                   f"{' | best' if improved else ''}{note}")
         progress.epoch += 1
         progress.position = 0
+        progress.epoch_nll, progress.epoch_tokens = 0.0, 0
         self.carried = None
         if improved:
-            self._save_best()
+            self._save_best()  # before last.pt: see the module docstring
         self._save_last()
 
     def _final_results(self) -> dict:
@@ -349,7 +597,13 @@ class Trainer:
             raise TrainingError(f"No best.pt in {self.run_dir}: no epoch finished, so there is "
                                 "nothing to evaluate. Train for at least one epoch.")
         best = load_checkpoint(self.best_path, map_location=self.device)
-        self.model.load_state_dict(best["model"])
+        try:
+            self.model.load_state_dict(best["model"])
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{self.best_path} does not hold this run's model ({type(err).__name__}). It was "
+                "replaced or damaged; start a new run under another train.run_name."
+            ) from None
         results: dict = {}
         for split in ("valid", "test"):
             results.update(self._evaluate(split))
@@ -374,8 +628,8 @@ class Trainer:
         })
         self.tracker.log({"event": "test", **results}, self.progress.step)
         self.tracker.summary({"best_valid_ppl": results["valid_ppl"], **results})
-        with atomic_write(self.run_dir / "results.json") as handle:
+        with atomic_write(self.run_dir / RESULTS_FILE) as handle:
             handle.write(json.dumps(results, indent=2).encode() + b"\n")
         self.echo(f"done | valid ppl {results['valid_ppl']:.2f} | test ppl {results['test_ppl']:.2f}"
-                  f" | test bpc {results['test_bpc']:.3f} | {self.run_dir / 'results.json'}")
+                  f" | test bpc {results['test_bpc']:.3f} | {self.run_dir / RESULTS_FILE}")
         return results

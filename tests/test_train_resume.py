@@ -1,0 +1,231 @@
+"""Resuming in-process: crashes at every awkward point of an epoch's end give exactly the
+results of an uninterrupted run; max_steps and resume; what a resume may and may not change;
+unusable last.pt files; the deterministic option."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import snapshot, tiny_recipe, write_recipe
+
+import train
+from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
+from lm_flipout.config import Recipe, from_dict
+from lm_flipout.errors import TrainingError
+from lm_flipout.tracking import read_metrics
+from lm_flipout.training import AlreadyFinished, Trainer
+
+COMPARED = ("valid_ppl", "test_ppl", "valid_bpc", "test_bpc", "valid_word_ppl", "steps",
+            "epochs", "best_epoch")
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point."""
+
+
+def make_recipe(root: Path, **sections) -> Recipe:
+    return from_dict(Recipe, tiny_recipe(root, **sections), "test recipe")
+
+
+def train_run(root: Path, run: str, resume: bool = False, messages=None, **sections) -> dict:
+    recipe = make_recipe(root, **sections)
+    echo = messages.append if messages is not None else (lambda _: None)
+    return Trainer(recipe, root / "runs" / run, resume=resume, echo=echo).run()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: its directory (under a root shared with the tests' runs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("resume")
+    results = train_run(root, "reference", train={"checkpoint_every_steps": 1})
+    yield root, results
+    torch.set_num_threads(before)
+
+
+def same_results(a: dict, b: dict) -> None:
+    assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
+
+
+def crash_when(monkeypatch, method: str, condition) -> None:
+    """Make ``Trainer.<method>`` raise Crash the first time ``condition(trainer)`` holds."""
+    original = getattr(Trainer, method)
+    fired = []
+
+    def wrapper(self, *args, **kwargs):
+        if not fired and condition(self, *args):
+            fired.append(True)
+            raise Crash(method)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, method, wrapper)
+
+
+@pytest.mark.parametrize("dies_in", ["_save_best", "_save_last"])
+def test_crash_while_saving_at_an_epoch_end_resumes_exactly(reference, monkeypatch,
+                                                            dies_in) -> None:
+    """The process dies at the end of epoch 2 in the middle of writing best.pt or last.pt
+    (whichever is written second is then missing, whichever first is already new)."""
+    root, expected = reference
+    run = f"crash{dies_in}"
+    crash_when(monkeypatch, dies_in,
+               lambda t: t.progress.epoch == 3 and t.progress.position == 0)
+    with pytest.raises(Crash):
+        train_run(root, run, train={"checkpoint_every_steps": 1})
+    run_dir = root / "runs" / run
+    assert load_checkpoint(run_dir / "last.pt")["progress"]["epoch"] == 2
+    monkeypatch.undo()
+    messages: list[str] = []
+    resumed = train_run(root, run, resume=True, messages=messages,
+                        train={"checkpoint_every_steps": 1})
+    same_results(resumed, expected)
+    assert any("Resuming" in m and "epoch 2" in m for m in messages)
+    # metrics.jsonl was cut back to last.pt and continued: one valid event per epoch.
+    valid = [e["epoch"] for e in read_metrics(run_dir) if e["event"] == "valid"]
+    assert valid == [1, 2, 3]
+
+
+def test_crash_during_validation_after_the_last_step_resumes_exactly(reference,
+                                                                       monkeypatch) -> None:
+    root, expected = reference
+    # last.pt holds the end-of-epoch position (checkpoint every step); validation then dies.
+    crash_when(monkeypatch, "_evaluate",
+               lambda t, split, *rest: split == "valid" and t.progress.epoch == 2)
+    with pytest.raises(Crash):
+        train_run(root, "eval_crash", train={"checkpoint_every_steps": 1})
+    last = load_checkpoint(root / "runs" / "eval_crash" / "last.pt")["progress"]
+    assert last["epoch"] == 2 and last["position"] > 0
+    monkeypatch.undo()
+    same_results(train_run(root, "eval_crash", resume=True,
+                           train={"checkpoint_every_steps": 1}), expected)
+
+
+def test_crash_before_the_final_evaluation_resumes_exactly(reference, monkeypatch) -> None:
+    root, expected = reference
+    crash_when(monkeypatch, "_final_results", lambda t: True)
+    with pytest.raises(Crash):
+        train_run(root, "final_crash", train={"checkpoint_every_steps": 1})
+    assert not (root / "runs" / "final_crash" / "results.json").exists()
+    monkeypatch.undo()
+    messages: list[str] = []
+    resumed = train_run(root, "final_crash", resume=True, messages=messages,
+                        train={"checkpoint_every_steps": 1})
+    same_results(resumed, expected)
+    assert not any(m.startswith("epoch ") for m in messages)  # nothing was retrained
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(reference) -> None:
+    root, expected = reference
+    messages: list[str] = []
+    results = train_run(root, "fresh_resume", resume=True, messages=messages,
+                        train={"checkpoint_every_steps": 1})
+    same_results(results, expected)
+    assert any("no checkpoint" in m and "from the beginning" in m for m in messages)
+
+
+def test_max_steps_stops_mid_epoch_and_resumes_to_the_same_results(reference,
+                                                                     monkeypatch) -> None:
+    root, full = reference
+    max_steps = full["steps"] // 3 + 5  # inside epoch 2
+    settings = {"checkpoint_every_steps": 1, "max_steps": max_steps}
+    expected = train_run(root, "max_steps", train=settings)
+    assert expected["steps"] == max_steps and expected["epochs"] == 2
+    # Killed right after the checkpoint of the last allowed step, before the epoch's end.
+    crash_when(monkeypatch, "_end_epoch", lambda t: t.progress.step == max_steps)
+    with pytest.raises(Crash):
+        train_run(root, "max_steps_crash", train=settings)
+    assert load_checkpoint(root / "runs" / "max_steps_crash" / "last.pt")["progress"]["step"] == max_steps
+    monkeypatch.undo()
+    same_results(train_run(root, "max_steps_crash", resume=True, train=settings), expected)
+
+
+def test_resume_refuses_changes_to_the_experiment_and_accepts_lr(reference) -> None:
+    root, _ = reference
+    source = root / "runs" / "reference"
+    run_dir = root / "runs" / "changes"
+    shutil.copytree(source, run_dir)
+    (run_dir / "results.json").unlink()  # unfinished again, last.pt at the end of training
+    before = snapshot(run_dir)
+    with pytest.raises(TrainingError) as caught:
+        Trainer(make_recipe(root, model={"hidden_size": 32, "embedding_size": 32}), run_dir,
+                resume=True)
+    text = str(caught.value)
+    assert "model.hidden_size: run 16, now 32" in text and "config.yaml" in text
+    with pytest.raises(TrainingError, match=r"train\.seed: run 7, now 8"):
+        Trainer(make_recipe(root, train={"seed": 8}), run_dir, resume=True)
+    assert snapshot(run_dir) == before
+    messages: list[str] = []
+    trainer = Trainer(make_recipe(root, optim={"lr": 0.005}, train={"epochs": 4}), run_dir,
+                      resume=True, echo=messages.append)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert "--resume: optim.lr changed from 0.01 to 0.005." in messages
+    assert "--resume: train.epochs changed from 3 to 4." in messages
+    # Nothing is rewritten before training goes on (metrics.jsonl is cut back to last.pt).
+    after = snapshot(run_dir)
+    assert {k: v for k, v in after.items() if k != "metrics.jsonl"} == {
+        k: v for k, v in before.items() if k != "metrics.jsonl"}
+    assert before["metrics.jsonl"].startswith(after["metrics.jsonl"])
+    results = trainer.run()
+    assert results["epochs"] == 4
+    config = (run_dir / "config.yaml").read_text()  # config.yaml: what ran last
+    assert "lr: 0.005" in config and "epochs: 4" in config
+
+
+def test_finished_run_is_reported_and_a_new_start_is_refused(reference) -> None:
+    root, _ = reference
+    run_dir = root / "runs" / "reference"
+    before = snapshot(run_dir)
+    with pytest.raises(AlreadyFinished) as done:
+        Trainer(make_recipe(root), run_dir, resume=True)
+    assert done.value.results == json.loads((run_dir / "results.json").read_text())
+    with pytest.raises(TrainingError, match="already holds a run .*Nothing was changed"):
+        Trainer(make_recipe(root), run_dir)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "best_pt", "wrong_shapes"])
+def test_unusable_last_pt_on_resume_is_a_clear_error(reference, tmp_path, capsys,
+                                                       damage) -> None:
+    root, _ = reference
+    good = root / "runs" / "reference" / "last.pt"
+    recipe = tiny_recipe(root, train={"out_dir": str(tmp_path), "run_name": "run"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    last = run_dir / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        expected = "Checkpoint"  # (the wording is checkpoint.py's; see test_checkpoint.py)
+    elif damage == "garbage":
+        last.write_bytes(b"this is not a checkpoint\n" * 10)
+        expected = "not a PyTorch checkpoint"
+    elif damage == "best_pt":
+        shutil.copy(root / "runs" / "reference" / "best.pt", last)
+        expected = "lacks optimizer, schedule"
+    else:
+        state = load_checkpoint(good)
+        state["model"] = {k: v[:1] for k, v in state["model"].items()}
+        save_checkpoint(state, last)
+        expected = "does not fit the model"
+    before = snapshot(run_dir)
+    code = train.main([str(write_recipe(tmp_path / "r.yaml", recipe)), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: ") and str(last) in err.replace("\n", " ")
+    assert expected in err.replace("\n", " ")
+    assert snapshot(run_dir) == before  # nothing overwritten
+
+
+def test_deterministic_option_trains_on_cpu_with_the_same_results(reference) -> None:
+    root, expected = reference
+    try:
+        results = train_run(root, "deterministic",
+                            train={"checkpoint_every_steps": 1, "deterministic": True})
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    same_results(results, expected)
