@@ -87,13 +87,11 @@ def load_checkpoint(
             f"Checkpoint {path} is a directory, not a file. Pass the .pt file inside it, "
             "e.g. last.pt or best.pt."
         )
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"Checkpoint {path} cannot be read. Check its permissions.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as err:
-        raise CheckpointError(
-            f"Checkpoint {path} cannot be read ({err.strerror or err}). Check its permissions."
-        ) from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError...
+    except Exception as err:  # truncated: OSError, RuntimeError, EOFError; foreign: Unpickling
         raise CheckpointError(_unreadable_message(path, err)) from None
     if not isinstance(state, dict) or FORMAT_KEY not in state:
         raise CheckpointError(

@@ -200,3 +200,16 @@ def test_set_rng_state_rejects_incomplete_state() -> None:
     del state["numpy"]
     with pytest.raises(CheckpointError, match="lacks numpy"):
         set_rng_state(state)
+
+
+def test_truncated_multi_tensor_checkpoint_is_reported_as_truncated(tmp_path):
+    from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
+    from lm_flipout.errors import CheckpointError
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({f"w{i}": torch.randn(64, 64) for i in range(8)}, path)
+    data = path.read_bytes()
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 100):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupted"):
+            load_checkpoint(path)
