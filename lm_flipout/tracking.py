@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import secrets
 import string
 from collections.abc import Mapping
@@ -144,6 +145,8 @@ def _start_wandb(
     id_file = run_dir / WANDB_ID_FILE
     if resume and id_file.is_file():
         run_id = id_file.read_text(encoding="utf-8").strip()
+    elif os.environ.get("WANDB_RUN_ID"):  # chosen by a W&B sweep agent: join that run
+        run_id = os.environ["WANDB_RUN_ID"]
     else:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     wandb_dir = Path(settings.dir) if settings.dir else run_dir

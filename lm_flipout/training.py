@@ -9,6 +9,11 @@ Crash safety: files are replaced atomically, and at the end of an epoch best.pt 
 before last.pt. A crash between the two leaves last.pt from before the epoch's end, so a
 resume redoes the end of the epoch (and rewrites best.pt) instead of trusting a best.pt
 that last.pt does not know about.
+
+Data parallel (``torchrun``, see `lm_flipout.distributed`): the step runs through `StepLoss`
+wrapped in DistributedDataParallel, so gradients are averaged over the ranks before clipping.
+The ranks agree after every step on the loss, on a stop signal and on a time-based checkpoint
+(one small all-reduce), so they all stop after the same step; rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -28,16 +33,21 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Recipe, recipe_to_dict, save_recipe
 from .data import check_vocab, load_corpus
 from .data.batching import make_batches
+from .distributed import DistContext, on_main, sum_across_ranks
 from .errors import CheckpointError, TrainingError
 from .evaluation import split_metrics, total_nll
 from .model import LanguageModel
 from .nn import detach_state
+from .nn.lstm import State
 from .optim import Schedule, activation_penalty, averaged_weights, build_optimizer
 from .tracking import Tracker
 
@@ -73,6 +83,53 @@ class AlreadyFinished(Exception):
     def __init__(self, run_dir: Path, results: dict) -> None:
         super().__init__(str(run_dir))
         self.run_dir, self.results = run_dir, results
+
+    def __reduce__(self):  # picklable, so that rank 0 can hand it to the other ranks
+        return type(self), (self.run_dir, self.results)
+
+
+class StepLoss(nn.Module):
+    """The training objective of one window as a module, so that DistributedDataParallel,
+    which synchronises gradients through ``forward``, sees the whole step.
+
+    ``forward`` returns the mean cross-entropy (for reporting), the objective to minimise
+    (cross-entropy plus AWD-LSTM's AR/TAR penalties) and the LSTM state after the window.
+    """
+
+    def __init__(self, model: LanguageModel, ar: float = 0.0, tar: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.ar, self.tar = model, ar, tar
+
+    def forward(self, inputs: Tensor, targets: Tensor,
+                state: Optional[State] = None) -> tuple[Tensor, Tensor, State]:
+        raw, dropped, state = self.model.hidden(inputs, state)
+        logits = self.model.decoder(dropped)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return loss, loss + activation_penalty(raw, dropped, self.ar, self.tar), state
+
+
+class _NullTracker:
+    """Stands in for the Tracker on ranks other than 0, which log nothing."""
+
+    def log(self, metrics: dict, step: int) -> dict:
+        return {}
+
+    def metrics_bytes(self) -> int:
+        return 0
+
+    def summary(self, values: dict) -> dict:
+        return {}
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _processes(count: int) -> str:
+    return "a single process" if count == 1 else f"{count} data-parallel processes"
 
 
 @dataclass
@@ -191,39 +248,75 @@ def _state_from_plain(plain: Optional[dict], model: LanguageModel, device: torch
     return (model.lstm._pack(h), model.lstm._pack(c))
 
 
+def _join_columns(shards: list[Optional[dict]]) -> Optional[dict]:
+    """The ranks' carried states (rank order) side by side: the global batch's state, as one
+    process with the whole batch would hold it."""
+    if shards[0] is None:
+        return None
+    return {key: [torch.cat(layer) for layer in zip(*(shard[key] for shard in shards))]
+            for key in ("h", "c")}
+
+
+def _own_columns(plain: Optional[dict], ctx: DistContext) -> Optional[dict]:
+    """This rank's columns [rB/W, (r+1)B/W) of a global carried state."""
+    if plain is None or not ctx.enabled:
+        return plain
+    out = {}
+    for key in ("h", "c"):
+        layers = []
+        for t in plain[key]:
+            width = t.shape[0] // ctx.world_size
+            layers.append(t[ctx.rank * width:(ctx.rank + 1) * width].clone())
+        out[key] = layers
+    return out
+
+
 class Trainer:
     """Builds everything a recipe describes and trains it in ``run_dir``.
 
+    ``dist`` places the process among torchrun's data-parallel processes (default: alone);
+    every rank builds a Trainer with the same recipe, and only rank 0 touches ``run_dir``.
     Raises `AlreadyFinished` for ``resume`` on a finished run, TrainingError for a fresh
     start in a directory that holds a run, CheckpointError for an unusable last.pt.
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False,
-                 echo: Callable[[str], None] = print) -> None:
-        self.recipe, self.run_dir, self.echo = recipe, Path(run_dir), echo
+                 echo: Callable[[str], None] = print,
+                 dist: Optional[DistContext] = None) -> None:
+        self.dist = dist or DistContext()
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.echo = echo if self.dist.is_main else _silent
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        self._check_run_dir(resume)
-        state = None
-        if resume and self.last_path.exists():
-            state = load_checkpoint(self.last_path, map_location="cpu")  # fail before slow work
-            self._check_last(state)
-        self.device = select_device(recipe.train.device)
+        if self.dist.enabled:  # the process group first: rank 0 shares what it reads below
+            distributed.check_batch_sizes(recipe.data.batch_size, recipe.data.eval_batch_size,
+                                          self.dist.world_size)
+            self.device = distributed.select_device(self.dist, recipe.train.device)
+            distributed.init_process_group(self.dist, self.device)
+        state = on_main(self.dist, lambda: self._read_last(resume))  # fail before slow work
+        if not self.dist.enabled:
+            self.device = select_device(recipe.train.device)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
-        self.corpus = load_corpus(recipe.data)
+        self.corpus = distributed.main_first(self.dist, lambda: load_corpus(recipe.data))
         recipe.model.vocab_size = self.corpus.vocab_size
         if state is not None:
             check_vocab(self.corpus, state["vocab"], str(self.last_path))
             self._adopt_config(state["config"])
         self.model = LanguageModel(recipe.model).to(self.device)
+        self.step_loss: nn.Module = StepLoss(self.model, recipe.optim.ar, recipe.optim.tar)
+        if self.dist.enabled:  # averages the gradients over the ranks during backward()
+            self.step_loss = DistributedDataParallel(
+                self.step_loss, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.schedule = Schedule(recipe.optim)
         self.optimizer = build_optimizer(recipe.optim, self.model.parameters())
         self.progress = Progress()
         self.carried = None
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         self.train_batches = make_batches(self.corpus.splits["train"].tokens, recipe.data,
-                                          train=True, seed=recipe.train.seed, split="train")
+                                          train=True, seed=recipe.train.seed, split="train",
+                                          **shard)
         self.eval_batches = {
             name: make_batches(self.corpus.splits[name].tokens, recipe.data, train=False,
-                               split=name)
+                               split=name, **shard)
             for name in ("valid", "test")
         }
         self.resumed = state is not None
@@ -233,30 +326,73 @@ class Trainer:
         elif resume:
             self.echo(f"--resume: no checkpoint in {self.run_dir} yet; starting the run from "
                       "the beginning.")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         # A resume rewrites config.yaml (with any allowed change) with its first checkpoint,
         # so a resume that fails at once leaves the run directory as it was.
         self._config_pending = self.resumed
-        if not self.resumed:
-            save_recipe(recipe, self.run_dir / "config.yaml")
-        self._prepare_metrics_file()
-        self.tracker = Tracker(self.run_dir, recipe, resume=self.resumed)
+        self.tracker: Any = _NullTracker()
+        on_main(self.dist, self._open_run_dir)
         if state is not None:
-            try:
-                set_rng_state(state["rng"])  # last, so that nothing above draws from it
-            except (CheckpointError, TypeError, ValueError, KeyError, IndexError,
-                    RuntimeError) as err:
-                self.tracker.finish(exit_code=1)
-                if isinstance(err, CheckpointError):
-                    raise
-                raise CheckpointError(
-                    f"Checkpoint {self.last_path} holds a damaged random-number state "
-                    f"({type(err).__name__}), so the run cannot be resumed exactly. Restore the "
-                    "run's own last.pt, or start a new run under another train.run_name."
-                ) from None
-        self._stop_signal: Optional[int] = None
+            self._restore_rng(state["rng"])  # last, so that nothing above draws from it
+        elif self.dist.enabled:  # each rank its own noise; the weights are drawn already
+            seed_everything(distributed.rank_seed(recipe.train.seed, self.dist.rank),
+                            recipe.train.deterministic)
+        self._stop_signal: Optional[int] = None  # the signal this process received
+        self._agreed_signal: Optional[int] = None  # data parallel: the one all ranks act on
+        self._agreed_due = False  # data parallel: rank 0's clock asks for a checkpoint
         self._last_save_time = self._run_start = time.monotonic()
         self._wall_before = self.progress.wall_seconds
+
+    def _read_last(self, resume: bool) -> Optional[dict]:
+        """Check the run directory; with ``resume`` the checked last.pt (None if there is none)."""
+        self._check_run_dir(resume)
+        if not (resume and self.last_path.exists()):
+            return None
+        state = load_checkpoint(self.last_path, map_location="cpu")
+        self._check_last(state)
+        return state
+
+    def _open_run_dir(self) -> None:
+        """Rank 0: create the run directory, config.yaml, metrics.jsonl and the Tracker."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resumed:
+            save_recipe(self.recipe, self.run_dir / "config.yaml")
+        self._prepare_metrics_file()
+        self.tracker = Tracker(self.run_dir, self.recipe, resume=self.resumed)
+
+    def _restore_rng(self, saved: Any) -> None:
+        """Set this rank's generators from last.pt (its own entry of the per-rank list)."""
+        error: Optional[Exception] = None
+        try:
+            set_rng_state(saved[self.dist.rank] if self.dist.enabled else saved)
+        except (CheckpointError, TypeError, ValueError, KeyError, IndexError,
+                RuntimeError) as err:
+            error = err
+        failed = sum_across_ranks(self.dist, error is not None)[0]
+        if not failed:
+            return
+        self.tracker.finish(exit_code=1)
+        if isinstance(error, CheckpointError):
+            raise error
+        raise CheckpointError(
+            f"Checkpoint {self.last_path} holds a damaged random-number state "
+            f"({type(error).__name__ if error else 'on another rank'}), so the run cannot be "
+            "resumed exactly. Restore the run's own last.pt, or start a new run under another "
+            "train.run_name."
+        ) from None
+
+    def _check_world_size(self, state: dict) -> None:
+        """A resume needs as many processes as the run that wrote last.pt (one RNG state each)."""
+        saved = state.get("world_size", 1)
+        if saved == self.dist.world_size:
+            return
+        how = ("as a single process (python train.py ... --resume)" if saved == 1 else
+               f"under torchrun with {saved} processes in all (nodes x --nproc_per_node)")
+        raise CheckpointError(
+            f"{self.last_path} was written by {_processes(saved)}, but this resume has "
+            f"{_processes(self.dist.world_size)}. Every process's random-number state is part of "
+            f"the checkpoint, so the run continues exactly only with the same number: resume it "
+            f"{how}, or start a new run under another train.run_name."
+        )
 
     # -- run directory -------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
@@ -283,14 +419,17 @@ class Trainer:
             metrics.truncate(self.progress.metrics_bytes)  # drop lines logged after last.pt
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _checkpoint_state(self) -> dict:
+    def _checkpoint_state(self, shards: list[tuple[dict, Optional[dict]]]) -> dict:
+        """last.pt's content; ``shards`` holds every rank's (RNG state, carried state)."""
+        rngs = [rng for rng, _ in shards]
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "progress": asdict(self.progress),
-            "carried_state": _state_to_plain(self.carried),
-            "rng": rng_state(),
+            "carried_state": _join_columns([carried for _, carried in shards]),
+            "rng": rngs if self.dist.enabled else rngs[0],  # data parallel: one per rank
+            "world_size": self.dist.world_size,
             "config": recipe_to_dict(self.recipe),
             "vocab": list(self.corpus.vocab),
         }
@@ -305,17 +444,26 @@ class Trainer:
         self.progress.wall_seconds = self._wall_before + time.monotonic() - self._run_start
 
     def _save_last(self) -> None:
+        """Write last.pt (rank 0, with every rank's RNG and carried state gathered)."""
         self._check_finite_weights()  # never replace a good last.pt with a broken model
         self._update_wall_time()
-        self.progress.metrics_bytes = self.tracker.metrics_bytes()
-        save_checkpoint(self._checkpoint_state(), self.last_path)
-        if self._config_pending:
-            save_recipe(self.recipe, self.run_dir / "config.yaml")
-            self._config_pending = False
+        shards = distributed.gather_to_main(self.dist, (rng_state(), _state_to_plain(self.carried)))
+        on_main(self.dist, lambda: self._write_last(shards))
         self._saved_step = self.progress.step
         self._last_save_time = time.monotonic()
 
+    def _write_last(self, shards: list[tuple[dict, Optional[dict]]]) -> None:
+        self.progress.metrics_bytes = self.tracker.metrics_bytes()
+        save_checkpoint(self._checkpoint_state(shards), self.last_path)
+        if self._config_pending:
+            save_recipe(self.recipe, self.run_dir / "config.yaml")
+            self._config_pending = False
+
     def _save_best(self) -> None:
+        """Write best.pt (rank 0; the weights are the same on every rank)."""
+        on_main(self.dist, self._write_best)
+
+    def _write_best(self) -> None:
         with averaged_weights(self.model, self.optimizer):
             model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {"model": model_state, "config": recipe_to_dict(self.recipe),
@@ -337,6 +485,7 @@ class Trainer:
             raise CheckpointError(f"Checkpoint {self.last_path} has an unknown progress record; "
                                   "it was written by another version of lm_flipout. Resume it "
                                   "with that version, or start a new run.")
+        self._check_world_size(state)
 
     def _adopt_config(self, stored: dict) -> None:
         """Refuse a resume whose recipe changes the experiment; report allowed changes."""
@@ -366,7 +515,8 @@ class Trainer:
                                                  averaging=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.progress = Progress(**state["progress"])
-            self.carried = _state_from_plain(state["carried_state"], self.model, self.device)
+            self.carried = _state_from_plain(_own_columns(state["carried_state"], self.dist),
+                                             self.model, self.device)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
             raise CheckpointError(
                 f"Checkpoint {self.last_path} does not fit the model and optimizer its own config "
@@ -390,10 +540,28 @@ class Trainer:
         self.echo(f"\n{name} received: finishing the current step and writing last.pt "
                   f"(send it again to stop at once).")
 
+    def _stop_requested(self) -> Optional[int]:
+        """The signal to stop for: this process's, or (data parallel) the one all ranks agreed
+        on, so that they all stop after the same step."""
+        return self._agreed_signal if self.dist.enabled else self._stop_signal
+
     def _stop_if_signalled(self) -> None:
         """At a point where last.pt is up to date: leave if a signal asked for it."""
-        if self._stop_signal is not None:
-            raise Interrupted(self._stop_signal, self.run_dir)
+        signum = self._stop_requested()
+        if signum is not None:
+            raise Interrupted(signum, self.run_dir)
+
+    def _agree(self, nll: float = 0.0, tokens: int = 0) -> tuple[float, int]:
+        """Data parallel, one all-reduce: the summed NLL and token count of the step, whether a
+        rank received SIGINT or SIGTERM, and whether rank 0's clock asks for a checkpoint."""
+        received = self._stop_signal
+        nll, tokens, sigint, sigterm, due = sum_across_ranks(
+            self.dist, nll, tokens, received == signal.SIGINT, received == signal.SIGTERM,
+            self.dist.is_main and self._time_due())
+        if sigterm or sigint:
+            self._agreed_signal = signal.SIGTERM if sigterm else signal.SIGINT
+        self._agreed_due = due > 0
+        return nll, int(tokens)
 
     # -- training ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -415,6 +583,8 @@ class Trainer:
                 self._train_epoch()
                 self._update_wall_time()
                 self._end_epoch()
+                if self.dist.enabled:
+                    self._agree()
                 self._stop_if_signalled()
             self._update_wall_time()
             results = self._final_results()
@@ -443,7 +613,8 @@ class Trainer:
         total = batches.num_batches(progress.epoch)
         bar = tqdm(batches.iterate(progress.epoch, progress.position), total=total,
                    initial=self._batches_before(progress.position), desc=f"epoch {progress.epoch}",
-                   leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+                   leave=False, dynamic_ncols=True, mininterval=1.0,
+                   disable=None if self.dist.is_main else True)
         if progress.position == 0:
             self.carried = None
         try:
@@ -473,7 +644,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
                                     lr=f"{lr:.3g}", tok_s=f"{speed:,.0f}")
                     progress.log_nll, progress.log_tokens, progress.log_seconds = 0.0, 0, 0.0
-                if self._stop_signal is not None:
+                if self._stop_requested() is not None:
                     self._save_last()
                     self._stop_if_signalled()
                 if self._checkpoint_due():
@@ -491,8 +662,11 @@ class Trainer:
         cfg = self.recipe.train
         if cfg.checkpoint_every_steps and self.progress.step % cfg.checkpoint_every_steps == 0:
             return True
-        return (cfg.checkpoint_every_s > 0
-                and time.monotonic() - self._last_save_time >= cfg.checkpoint_every_s)
+        return self._agreed_due if self.dist.enabled else self._time_due()
+
+    def _time_due(self) -> bool:
+        every = self.recipe.train.checkpoint_every_s
+        return every > 0 and time.monotonic() - self._last_save_time >= every
 
     def _diverged(self, what: str) -> TrainingError:
         progress = self.progress
@@ -511,21 +685,21 @@ class Trainer:
 
     def _train_step(self, batch) -> tuple[float, int, float, float]:
         optim = self.recipe.optim
-        model = self.model.train()
+        step_loss = self.step_loss.train()
         inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
         state = self.carried if self.train_batches.carries_state else None
-        raw, dropped, state = model.hidden(inputs, state)
+        loss, objective, state = step_loss(inputs, targets, state)
         self.carried = detach_state(state)
-        logits = model.decoder(dropped)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        objective = loss + activation_penalty(raw, dropped, optim.ar, optim.tar)
-        value = loss.item()
+        value, tokens = loss.item(), targets.numel()
+        if self.dist.enabled:  # the global batch's mean loss, the same on every rank
+            nll, tokens = self._agree(value * tokens, tokens)
+            value = nll / tokens
         step = self.progress.step + 1
         if not math.isfinite(value):
             raise self._diverged(f"the training loss became {value} at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        params = [p for p in model.parameters() if p.grad is not None]
+        objective.backward()  # data parallel: DDP averages the gradients over the ranks here
+        params = [p for p in self.model.parameters() if p.grad is not None]
         clip = optim.clip if optim.clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
         if not math.isfinite(grad_norm):
@@ -543,12 +717,13 @@ class Trainer:
         finally:
             for group, lr in zip(self.optimizer.param_groups, base_lrs):
                 group["lr"] = lr
-        return value, targets.numel(), grad_norm, base_lrs[0]
+        return value, tokens, grad_norm, base_lrs[0]
 
     def _evaluate(self, split: str, mc_samples: int = 0) -> dict:
         nll, tokens = total_nll(self.model, self.eval_batches[split].iterate(),
                                 self.eval_batches[split].carries_state, self.device, mc_samples)
-        return split_metrics(nll, tokens, self.corpus.splits[split], split)
+        nll, tokens = sum_across_ranks(self.dist, nll, tokens)  # each rank scored its columns
+        return split_metrics(nll, int(tokens), self.corpus.splits[split], split)
 
     def _end_epoch(self) -> None:
         progress = self.progress
@@ -593,17 +768,8 @@ class Trainer:
         self._save_last()
 
     def _final_results(self) -> dict:
-        if not self.best_path.exists():
-            raise TrainingError(f"No best.pt in {self.run_dir}: no epoch finished, so there is "
-                                "nothing to evaluate. Train for at least one epoch.")
-        best = load_checkpoint(self.best_path, map_location=self.device)
-        try:
-            self.model.load_state_dict(best["model"])
-        except (KeyError, RuntimeError) as err:
-            raise CheckpointError(
-                f"{self.best_path} does not hold this run's model ({type(err).__name__}). It was "
-                "replaced or damaged; start a new run under another train.run_name."
-            ) from None
+        on_main(self.dist, self._load_best)
+        distributed.broadcast_module(self.dist, self.model)  # rank 0 read best.pt
         results: dict = {}
         for split in ("valid", "test"):
             results.update(self._evaluate(split))
@@ -625,11 +791,27 @@ class Trainer:
             "best_epoch": self.progress.best_epoch,
             "steps": self.progress.step,
             "device": str(self.device),
+            "processes": self.dist.world_size,
         })
         self.tracker.log({"event": "test", **results}, self.progress.step)
         self.tracker.summary({"best_valid_ppl": results["valid_ppl"], **results})
-        with atomic_write(self.run_dir / RESULTS_FILE) as handle:
-            handle.write(json.dumps(results, indent=2).encode() + b"\n")
+        if self.dist.is_main:
+            with atomic_write(self.run_dir / RESULTS_FILE) as handle:
+                handle.write(json.dumps(results, indent=2).encode() + b"\n")
         self.echo(f"done | valid ppl {results['valid_ppl']:.2f} | test ppl {results['test_ppl']:.2f}"
                   f" | test bpc {results['test_bpc']:.3f} | {self.run_dir / RESULTS_FILE}")
         return results
+
+    def _load_best(self) -> None:
+        """Load best.pt into the model (rank 0)."""
+        if not self.best_path.exists():
+            raise TrainingError(f"No best.pt in {self.run_dir}: no epoch finished, so there is "
+                                "nothing to evaluate. Train for at least one epoch.")
+        best = load_checkpoint(self.best_path, map_location=self.device)
+        try:
+            self.model.load_state_dict(best["model"])
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{self.best_path} does not hold this run's model ({type(err).__name__}). It was "
+                "replaced or damaged; start a new run under another train.run_name."
+            ) from None
