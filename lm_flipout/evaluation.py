@@ -8,15 +8,18 @@ token is scaled by the split's tokens per character (bits per character) or per 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 
-from .data.corpus import Split
+from .data.corpus import Corpus, Split
 from .data.metrics import bits_per_char
 from .model import LanguageModel
 from .nn import detach_state, set_mc_sampling
 from .nn.lstm import State
+
+if TYPE_CHECKING:
+    from .config import Recipe
 
 
 def _exp(x: float) -> float:
@@ -72,6 +75,43 @@ def split_metrics(nll_sum: float, tokens: int, split: Split, prefix: str) -> dic
     }
 
 
+def load_trained_run(path: str) -> tuple[dict, Recipe, Corpus, LanguageModel]:
+    """Rebuild what a checkpoint written by train.py describes: its raw state, the recipe
+    stored in it, the corpus (vocabulary checked against the checkpoint's) and the model on
+    the CPU with the checkpoint's weights. Every mismatch is a clear CheckpointError."""
+    from .checkpoint import load_checkpoint
+    from .config import recipe_from_dict
+    from .data import check_vocab, load_corpus
+    from .errors import CheckpointError
+
+    state = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in ("model", "config", "vocab") if key not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise CheckpointError(
+            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
+            "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
+        )
+    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
+    corpus = load_corpus(recipe.data)
+    check_vocab(corpus, state["vocab"], str(path))
+    model = LanguageModel(recipe.model)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise _misfit(path, err) from None
+    return state, recipe, corpus, model
+
+
+def _misfit(path: str, err: Exception) -> Exception:
+    from .errors import CheckpointError
+
+    return CheckpointError(
+        f"Checkpoint {path} does not fit the model its own config describes "
+        f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). It is damaged or "
+        "was written by another version of lm_flipout."
+    )
+
+
 def evaluate_checkpoint(
     path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
     device: str = "auto",
@@ -81,11 +121,8 @@ def evaluate_checkpoint(
     ``batch_size`` defaults to 1 for the test split (the usual protocol) and to the
     recipe's ``data.eval_batch_size`` otherwise. A last.pt taken after NT-ASGD started
     averaging is scored with the averaged weights, as training evaluates it."""
-    from .checkpoint import load_checkpoint
-    from .config import recipe_from_dict
-    from .data import check_vocab, load_corpus
     from .data.batching import make_batches
-    from .errors import CheckpointError, UserError
+    from .errors import UserError
     from .optim import averaged_weights, build_optimizer
     from .training import select_device
 
@@ -95,31 +132,16 @@ def evaluate_checkpoint(
         raise UserError(f"batch size {batch_size!r} must be a positive integer.")
     if isinstance(mc_samples, bool) or mc_samples < 0:
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
-    state = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in ("model", "config", "vocab") if key not in state]
-    if missing or not isinstance(state.get("config"), dict):
-        raise CheckpointError(
-            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
-            "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
-        )
-    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
     target = select_device(device)
-    corpus = load_corpus(recipe.data)
-    check_vocab(corpus, state["vocab"], path)
+    state, recipe, corpus, model = load_trained_run(path)
     recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
-    model = LanguageModel(recipe.model)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer = None
-        if state.get("schedule", {}).get("averaging") and "optimizer" in state:
+    optimizer = None
+    if state.get("schedule", {}).get("averaging") and "optimizer" in state:
+        try:
             optimizer = build_optimizer(recipe.optim, model.parameters(), averaging=True)
             optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit the model its own config describes "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). It is damaged or "
-            "was written by another version of lm_flipout."
-        ) from None
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise _misfit(path, err) from None
     model.to(target)
     batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
     with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging

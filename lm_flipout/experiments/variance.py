@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..cli import fail
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..model import LanguageModel
 from ..nn import LayerSamples, NoiseSample
 from ..nn.noise import ESTIMATORS
@@ -213,30 +213,9 @@ class VarianceSettings:
 def load_frozen_model(path: str) -> tuple[LanguageModel, Tensor, dict[str, Any]]:
     """Model (eval mode, only layer 1's W_h trainable), training tokens and the stored
     config, rebuilt from a checkpoint written by train.py."""
-    from ..checkpoint import load_checkpoint
-    from ..config import recipe_from_dict
-    from ..data import check_vocab, load_corpus
+    from ..evaluation import load_trained_run
 
-    state = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in ("model", "config", "vocab") if key not in state]
-    if missing or not isinstance(state.get("config"), dict):
-        raise CheckpointError(
-            f"Checkpoint {path} is an lm_flipout file but lacks "
-            f"{', '.join(missing) or 'a config'}, so the model cannot be rebuilt from it. Pass a "
-            "best.pt or last.pt written by train.py."
-        )
-    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
-    corpus = load_corpus(recipe.data)
-    check_vocab(corpus, state["vocab"], str(path))
-    model = LanguageModel(recipe.model)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit the model its own config describes "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). It is damaged or "
-            "was written by another version of lm_flipout."
-        ) from None
+    state, _, corpus, model = load_trained_run(path)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
