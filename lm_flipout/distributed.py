@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from datetime import timedelta
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
@@ -155,9 +156,20 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, if this process joined one.
+
+    On gloo the ranks first meet at a barrier (given up after 30 s, when a rank has died):
+    a rank that tears its connections down while a peer is still finishing the last
+    collective makes that peer abort ("terminate called without an active exception").
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=30))
+        except RuntimeError:
+            pass  # a peer is gone; leave anyway
+    dist.destroy_process_group()
 
 
 def rank_seed(seed: int, rank: int) -> int:
