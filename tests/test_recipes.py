@@ -1,0 +1,141 @@
+"""Every recipe in recipes/ loads and validates; every suite lists existing recipes that
+differ only in their regularization, with the paper's numbers written the same way in the
+suite and in the recipe's comment; the paper-sized recipes have the paper's sizes."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from lm_flipout.config import load_recipe, recipe_to_dict
+from lm_flipout.experiments.suite import load_suite, plan_runs
+from lm_flipout.model import LanguageModel
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES_DIR = REPO / "recipes"
+SUITES_DIR = RECIPES_DIR / "suites"
+NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps")  # suites, and W&B sweep files
+RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
+                 if not any(folder in p.parents for folder in NOT_RECIPES))
+SUITES = sorted(SUITES_DIR.glob("*.yaml"))
+
+# What may differ between the rows of one suite: the regularizer and the run's name.
+REGULARIZATION = re.compile(r"model\.(dropout_\w+|noise\.\w+)|train\.run_name|wandb\.\w+")
+PAPER_COMMENT = re.compile(
+    r"^# (?:.*Paper|Reference)[^:\n]*: valid ([\d.]+) / test ([\d.]+) "
+    r"(perplexity|bits per character)", re.M)
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(RECIPES_DIR)) for p in paths]
+
+
+def flat(data: object, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        out: dict = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: data}
+
+
+def test_the_recipe_and_suite_lists_are_not_empty() -> None:
+    assert RECIPES_DIR / "quickstart.yaml" in RECIPES
+    assert {p.stem for p in SUITES} >= {"ptb_word_medium", "ptb_char", "ptb_awd", "ptb_word_cpu"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=ids(RECIPES))
+def test_every_recipe_loads_and_validates(path: Path) -> None:
+    assert load_recipe(path).train.run_name == path.stem
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=ids(RECIPES))
+def test_local_data_paths_point_beside_the_checkout(path: Path) -> None:
+    recipe = load_recipe(path)
+    if recipe.data.source != "files":
+        return
+    assert recipe.data.path == "../shared/data/ptb"
+    if not (REPO.parent / "shared").is_dir():
+        pytest.skip("no ../shared beside this checkout")
+    assert all((REPO / recipe.data.path / f"{split}.txt").is_file()
+               for split in ("train", "valid", "test"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))
+def test_every_suite_lists_existing_recipes_under_its_group(path: Path) -> None:
+    suite, recipe_paths = load_suite(path)
+    runs = plan_runs(suite, recipe_paths, [])
+    assert len({run.run_dir for run in runs}) == len(runs)
+    for run in runs:
+        assert Path(run.recipe_path).resolve().is_relative_to(RECIPES_DIR)
+        assert run.recipe.wandb.group == suite.group
+    assert suite.paper_source
+
+
+@pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))
+def test_a_suite_lists_every_recipe_of_its_family(path: Path) -> None:
+    """Recipes beside a suite's recipes whose names share the rows' common prefix (e.g.
+    word_medium_) belong in that suite; a forgotten row would silently miss the report."""
+    listed = [Path(p).resolve() for p in load_suite(path)[1]]
+    prefix = os.path.commonprefix([p.stem for p in listed])
+    family = {p for p in RECIPES if p.parent == listed[0].parent and p.stem.startswith(prefix)}
+    assert family == set(listed)
+
+
+@pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))
+def test_rows_of_a_suite_differ_only_in_regularization(path: Path) -> None:
+    suite, recipe_paths = load_suite(path)
+    settings = [flat(recipe_to_dict(load_recipe(p))) for p in recipe_paths]
+    for other, recipe_path in zip(settings[1:], recipe_paths[1:]):
+        differ = {k for k in settings[0].keys() | other.keys()
+                  if settings[0].get(k) != other.get(k) and not REGULARIZATION.fullmatch(k)}
+        assert not differ, f"{recipe_path} differs from {recipe_paths[0]} in {sorted(differ)}"
+
+
+@pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))
+def test_paper_numbers_agree_between_suite_and_recipe_comment(path: Path) -> None:
+    suite, recipe_paths = load_suite(path)
+    for run, recipe_path in zip(suite.runs, recipe_paths):
+        found = PAPER_COMMENT.search(Path(recipe_path).read_text(encoding="utf-8"))
+        if not run.paper:
+            assert found is None, f"{recipe_path} quotes the paper but {path.name} does not"
+            continue
+        assert found is not None, f"{recipe_path} lacks '# Paper: valid X / test Y ...'"
+        unit = "ppl" if found.group(3) == "perplexity" else "bpc"
+        assert run.paper == {f"valid_{unit}": float(found.group(1)),
+                             f"test_{unit}": float(found.group(2))}
+
+
+@pytest.mark.parametrize("name, vocab, millions", [
+    ("word_medium_wd_flipout", 10000, 19.8),  # Wen et al. 2018, Table 3: 19.8M
+    ("awd_wd", 10000, 24.2),  # AWD-LSTM: 24M
+])
+def test_paper_sized_recipes_have_the_papers_parameter_count(
+        name: str, vocab: int, millions: float) -> None:
+    recipe = load_recipe(RECIPES_DIR / "ptb" / f"{name}.yaml")
+    recipe.model.vocab_size = vocab
+    assert round(LanguageModel(recipe.model).num_parameters() / 1e6, 1) == millions
+
+
+def test_table_recipes_use_the_papers_training_setups() -> None:
+    word = load_recipe(RECIPES_DIR / "ptb" / "word_medium_wd_flipout.yaml")
+    assert (word.data.batch_size, word.data.bptt, word.optim.name, word.optim.lr,
+            word.optim.clip, word.optim.plateau_factor, word.train.epochs) == \
+        (40, 35, "sgd", 30.0, 0.25, 0.25, 100)
+    char = load_recipe(RECIPES_DIR / "ptb" / "char_gauss_flipout.yaml")
+    assert (char.model.num_layers, char.model.hidden_size, char.model.orthogonal_init) == \
+        (1, 1000, True)
+    assert (char.data.tokenizer, char.data.char_ptb, char.data.bptt_mode, char.data.bptt,
+            char.data.batch_size) == ("char", True, "sequences", 100, 32)
+    assert (char.optim.name, char.optim.lr, char.optim.clip) == ("amsgrad", 0.002, 1.0)
+    assert char.train.early_stopping > 0
+    awd = load_recipe(RECIPES_DIR / "ptb" / "awd_wd_flipout.yaml")
+    assert (awd.optim.name, awd.optim.ar, awd.optim.tar, awd.optim.weight_decay) == \
+        ("nt_asgd", 2.0, 1.0, 1.2e-6)
+    assert (awd.data.batch_size, awd.data.bptt, awd.data.variable_bptt) == (80, 70, True)
+    assert (awd.model.noise.family, awd.model.noise.p, awd.model.noise.estimator) == \
+        ("dropconnect", 0.5, "flipout")
+
