@@ -311,9 +311,11 @@ class Trainer:
         self.progress = Progress()
         self.carried = None
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        self.train_batches = make_batches(self.corpus.splits["train"].tokens, recipe.data,
-                                          train=True, seed=recipe.train.seed, split="train",
-                                          **shard)
+        cut = recipe.data.train_tokens
+        self.train_batches = make_batches(
+            self.corpus.splits["train"].tokens[:cut], recipe.data, train=True,
+            seed=recipe.train.seed, split="train" if cut is None else
+            f"train (cut to data.train_tokens={cut})", **shard)
         self.eval_batches = {
             name: make_batches(self.corpus.splits[name].tokens, recipe.data, train=False,
                                split=name, **shard)

@@ -15,7 +15,7 @@ from conftest import snapshot, tiny_recipe, write_recipe
 import train
 from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import Recipe, from_dict
-from lm_flipout.errors import TrainingError
+from lm_flipout.errors import DataError, TrainingError
 from lm_flipout.tracking import read_metrics
 from lm_flipout.training import AlreadyFinished, Trainer
 
@@ -229,3 +229,20 @@ def test_deterministic_option_trains_on_cpu_with_the_same_results(reference) -> 
     finally:
         torch.use_deterministic_algorithms(False)
     same_results(results, expected)
+
+
+def test_train_tokens_trains_on_the_first_tokens_only(tmp_path) -> None:
+    recipe = from_dict(Recipe, tiny_recipe(tmp_path, data={"train_tokens": 123}), "test recipe")
+    trainer = Trainer(recipe, tmp_path / "runs" / "cut", echo=lambda _: None)
+    trainer.tracker.finish()
+    tokens = trainer.corpus.splits["train"].tokens
+    assert tokens.numel() > 200  # the cut is real
+    streams = trainer.train_batches.streams  # (rows, batch): column b is one stretch of text
+    assert streams.shape == (123 // 4, 4)
+    assert torch.equal(streams.t().reshape(-1), tokens[:streams.numel()])
+    assert trainer.eval_batches["valid"].streams.numel() > 0  # valid/test are not cut
+
+    small = from_dict(Recipe, tiny_recipe(tmp_path, data={"train_tokens": 20}), "test recipe")
+    with pytest.raises(DataError, match=r"train \(cut to data.train_tokens=20\) split has 20"):
+        Trainer(small, tmp_path / "runs" / "too_small", echo=lambda _: None)
+    assert not (tmp_path / "runs" / "too_small").exists()

@@ -79,6 +79,9 @@ class DataConfig:
     # stream: B parallel streams with state carried across windows; sequences: independent
     # fixed-length sequences shuffled each epoch, no state carried.
     bptt_mode: Literal["stream", "sequences"] = "stream"
+    # Train on the first N tokens of the training split only (None = all of it), e.g. for
+    # quick runs that overfit sooner; the vocabulary and the valid/test splits are unchanged.
+    train_tokens: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +95,8 @@ class DataConfig:
         for key in ("batch_size", "eval_batch_size", "bptt", "min_freq"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("synthetic_seed", self.synthetic_seed, minimum=0)
+        if self.train_tokens is not None:
+            _check_int("train_tokens", self.train_tokens, minimum=1)
         _check_int("sp_vocab_size", self.sp_vocab_size, minimum=3)
         if self.vocab_size is not None:
             _check_int("vocab_size", self.vocab_size, minimum=2)
