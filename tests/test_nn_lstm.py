@@ -256,14 +256,19 @@ def autograd_flipout_reference(gates_x, h, c, weight, delta, out_signs, in_signs
     return torch.stack(outputs), h, c
 
 
-def test_hand_written_backward_matches_autograd_reference():
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mm"])
+@pytest.mark.parametrize("batch, hidden", [(5, 6), (8, 64)])
+def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, batch, hidden):
+    """Both ways of running the per-step products (oneDNN prepacked weights on CPU, mm)."""
+    from lm_flipout.nn import recurrence
     from lm_flipout.nn.recurrence import lstm_recurrence
 
+    monkeypatch.setattr(recurrence, "USE_ONEDNN", onednn)
     torch.manual_seed(9)
-    steps, batch, hidden = 7, 5, 6
+    steps = 7
     leaves = [torch.randn(steps, batch, 4 * hidden), torch.randn(batch, hidden),
-              torch.randn(batch, hidden), torch.randn(4 * hidden, hidden) * 0.5,
-              torch.randn(4 * hidden, hidden) * 0.5]
+              torch.randn(batch, hidden), torch.randn(4 * hidden, hidden) / hidden**0.5,
+              torch.randn(4 * hidden, hidden) / hidden**0.5]
     leaves = [t.requires_grad_(True) for t in leaves]
     out_signs = torch.randint(0, 2, (batch, 4 * hidden)).float() * 2 - 1
     in_signs = torch.randint(0, 2, (batch, hidden)).float() * 2 - 1
@@ -280,3 +285,14 @@ def test_hand_written_backward_matches_autograd_reference():
     ref_grads = torch.autograd.grad(ref_loss, leaves)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_step_product_uses_onednn_on_cpu_and_equals_mm():
+    from lm_flipout.nn.recurrence import prepack, step_product
+
+    weight, x = torch.randn(48, 12), torch.randn(5, 12)
+    torch.testing.assert_close(step_product(weight, rows=5)(x), x @ weight.T, atol=1e-5,
+                               rtol=1e-5)
+    if torch.backends.mkldnn.is_available():  # the fast path is really there on CPU
+        assert prepack(weight, 5) is not None
+    assert prepack(weight.double(), 5) is None
