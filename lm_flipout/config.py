@@ -631,3 +631,12 @@ def save_recipe(recipe: Recipe, path: Union[str, Path]) -> None:
     with atomic_write(path) as handle:
         handle.write(recipe_to_yaml(recipe).encode("utf-8"))
 
+
+def flatten_recipe(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A recipe dict as {dotted key: value} (``data.hf_data_files`` stays one value)."""
+    if isinstance(data, dict) and not (prefix and prefix.endswith("hf_data_files")):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten_recipe(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}

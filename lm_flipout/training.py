@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Recipe, recipe_to_dict, save_recipe
+from .config import Recipe, flatten_recipe, recipe_to_dict, save_recipe
 from .data import check_vocab, load_corpus
 from .data.batching import make_batches
 from .distributed import DistContext, on_main, sum_across_ranks
@@ -222,15 +222,6 @@ def read_results(run_dir: Path) -> Optional[dict]:
         raise TrainingError(f"{path} does not hold a JSON object. Delete it and run with "
                             "--resume to compute the results again.")
     return results
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and not (prefix and prefix.endswith("hf_data_files")):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 def _state_to_plain(state) -> Optional[dict]:
@@ -491,7 +482,7 @@ class Trainer:
 
     def _adopt_config(self, stored: dict) -> None:
         """Refuse a resume whose recipe changes the experiment; report allowed changes."""
-        old, new = _flatten(stored), _flatten(recipe_to_dict(self.recipe))
+        old, new = flatten_recipe(stored), flatten_recipe(recipe_to_dict(self.recipe))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("wandb.")]
         if fixed:

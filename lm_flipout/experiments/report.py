@@ -12,9 +12,8 @@ from typing import Optional
 import yaml
 
 from ..atomic import atomic_write
-from ..config import recipe_to_dict
+from ..config import flatten_recipe, recipe_to_dict
 from ..tracking import read_metrics
-from ..training import _flatten as flatten_config
 from .suite import PAPER_METRICS, PlannedRun, Suite
 
 # Settings that may differ between a finished run and its recipe without changing the
@@ -63,8 +62,8 @@ def config_changes(run: PlannedRun) -> list[str]:
     path = run.run_dir / "config.yaml"
     if not path.is_file():
         return []
-    ran = flatten_config(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    now = flatten_config(recipe_to_dict(run.recipe))
+    ran = flatten_recipe(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    now = flatten_recipe(recipe_to_dict(run.recipe))
     keys = sorted(k for k in ran.keys() | now.keys()
                   if ran.get(k) != now.get(k) and not k.startswith(_IGNORED_DIFFERENCES))
     return [f"{k}={ran.get(k)!r} (recipe: {now.get(k)!r})" for k in keys]
