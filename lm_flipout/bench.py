@@ -29,6 +29,7 @@ from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
+from .nn.recurrence import prepack, step_product
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,71 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
     return rows
 
 
+def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: int) -> dict:
+    """One per-step product (B × H) @ (H × 4H) by ``torch.mm`` and by `step_product` (oneDNN
+    with a prepacked weight on CPU), forward and backward orientation, and the matrix
+    products of a whole flipout stack fwd+bwd without anything else, against the
+    ``torch.nn.LSTM`` stack in the same run: the floor of the flipout stack's ratio."""
+    t, b, h = shape.steps, shape.batch, shape.hidden
+    rand = lambda *size: torch.randn(*size, device=device)  # noqa: E731
+    u, g, weight = rand(b, h), rand(b, 4 * h), rand(4 * h, h)
+    forward, backward = step_product(weight, b), step_product(weight.t(), b)
+    flat_x, flat_g, w_ih = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h)
+    fused = nn.LSTM(h, h, shape.layers).to(device)
+    x = rand(t, b, h)
+
+    def flipout_products() -> None:
+        for layer in range(shape.layers):
+            flat_x @ w_ih.t()  # input product of all steps
+            products = [step_product(weight, b), step_product(weight, b)]  # W̄ and ΔŴ
+            for _ in range(t):
+                for product in products:
+                    product(u)
+            products = [step_product(weight.t(), b), step_product(weight.t(), b)]
+            for _ in range(t):
+                for product in products:
+                    product(g)
+            for _ in range(3):  # gradients of W_ih, W̄ and ΔŴ
+                flat_g.t() @ flat_x
+            if layer > 0:  # the stack's input needs no gradient
+                flat_g @ w_ih
+
+    def fused_stack() -> None:
+        y, _ = fused(x)
+        y.sum().backward()
+
+    def steps_of(product: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:  # one window's worth, so that a repeat is not microseconds long
+            for _ in range(t):
+                product()
+        return run
+
+    singles = {"mm u Wᵀ": lambda: torch.mm(u, weight.t()), "step_product u Wᵀ": lambda: forward(u),
+               "mm g W": lambda: torch.mm(g, weight), "step_product g W": lambda: backward(g),
+               "prepack W": lambda: prepack(weight, b), "prepack Wᵀ": lambda: prepack(weight.t(), b)}
+    tasks = {name: steps_of(task) for name, task in singles.items()}
+    tasks["flipout products"] = flipout_products
+    with torch.no_grad():
+        times = median_times(tasks, device, warmup, repeats)
+    times.update(median_times({BASELINE: fused_stack}, device, warmup, repeats))
+    return {"us": {name: 1e6 * times[name] / t for name in singles},
+            "flipout_products_ms": 1000 * times["flipout products"],
+            "torch_stack_ms": 1000 * times[BASELINE],
+            "floor_ratio": times["flipout products"] / times[BASELINE],
+            "prepacked": prepack(weight, b) is not None}
+
+
+def format_products(result: dict) -> str:
+    lines = ["| one per-step product | µs |", "|---|---:|"]
+    lines += [f"| {name} | {us:.0f} |" for name, us in result["us"].items()]
+    lines.append(
+        f"\nMatrix products alone of a flipout stack fwd+bwd: {result['flipout_products_ms']:.1f} ms"
+        f" = {result['floor_ratio']:.2f}x the whole torch.nn.LSTM stack "
+        f"({result['torch_stack_ms']:.1f} ms; oneDNN prepacking "
+        f"{'on' if result['prepacked'] else 'off: plain torch.mm'}).")
+    return "\n".join(lines)
+
+
 def step_memory(task: Callable[[], None], device: torch.device) -> int:
     """Peak allocated bytes of one step (CUDA), or bytes saved for backward (CPU)."""
     if device.type == "cuda":
@@ -238,6 +304,9 @@ def main(argv: list[str]) -> int:
                              args.independent_limit_gib)
         results["shapes"][name] = rows
         print(format_table(name, rows, device), "\n", flush=True)
+        products = measure_products(SHAPES[name], device, args.warmup, args.repeats)
+        results.setdefault("products", {})[name] = products
+        print(format_products(products), "\n", flush=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
     return 0
