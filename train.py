@@ -138,13 +138,17 @@ def main(argv: list[str]) -> int:
 
     overrides = list(args.overrides)
     ctx = distributed.DistContext()
+    in_step = False  # every rank is known to end here together (see distributed.shutdown)
     try:
         ctx = distributed.from_environment()
-        return run_training(args, overrides, ctx)
+        status = run_training(args, overrides, ctx)
+        in_step = True
+        return status
     except UserError as error:
+        in_step = getattr(error, "raised_on_main", False)
         if ctx.is_main:
             return fail(error)
-        if getattr(error, "raised_on_main", False):
+        if in_step:
             return 2  # rank 0 reports it
         return fail(UserError(f"(rank {ctx.rank}) {error}"))
     except KeyboardInterrupt:
@@ -153,7 +157,7 @@ def main(argv: list[str]) -> int:
                   f"{resume_command(args.recipe, overrides, ctx)}", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(in_step)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from datetime import timedelta
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
@@ -155,20 +154,19 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown() -> None:
+def shutdown(in_step: bool = False) -> None:
     """Leave the process group, if this process joined one.
 
-    On gloo the ranks first meet at a barrier (given up after 30 s, when a rank has died):
-    a rank that tears its connections down while a peer is still finishing the last
-    collective makes that peer abort ("terminate called without an active exception").
+    ``in_step``: every rank is known to reach this call (training returned normally, or all
+    ranks raise rank 0's error). Then gloo ranks first meet at a barrier, because a rank that
+    tears its connections down while a peer is still finishing the last collective makes that
+    peer abort. Otherwise (one rank failed on its own) no barrier: it could wait for a rank
+    that is stuck in a collective, and torchrun stops the others once this one exits.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if dist.get_backend() == "gloo":
-        try:
-            dist.monitored_barrier(timeout=timedelta(seconds=30))
-        except RuntimeError:
-            pass  # a peer is gone; leave anyway
+    if in_step and dist.get_backend() == "gloo":
+        dist.barrier()
     dist.destroy_process_group()
 
 
@@ -217,8 +215,8 @@ def _portable(error: Exception) -> Exception:
 
 def on_main(ctx: DistContext, work: Callable[[], T]) -> T:
     """Run ``work`` on rank 0 only and return its result on every rank; when it raises, every
-    rank raises the same error (marked ``raised_on_main``), so no rank waits for a collective
-    that will never come."""
+    rank raises the same error (marked ``raised_on_main``, on rank 0 too), so no rank waits
+    for a collective that will never come."""
     if not ctx.enabled:
         return work()
     payload: list[Any] = [None]
@@ -227,6 +225,7 @@ def on_main(ctx: DistContext, work: Callable[[], T]) -> T:
             payload = [(True, work())]
         except Exception as err:
             dist.broadcast_object_list([(False, _portable(err))], src=0)
+            err.raised_on_main = True
             raise
     dist.broadcast_object_list(payload, src=0)
     ok, value = payload[0]
