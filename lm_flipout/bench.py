@@ -213,14 +213,14 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
                 product()
         return run
 
-    singles = {"mm u Wᵀ": lambda: torch.mm(u, weight.t()), "step_product u Wᵀ": lambda: forward(u),
-               "mm g W": lambda: torch.mm(g, weight), "step_product g W": lambda: backward(g),
-               "prepack W": lambda: prepack(weight, b), "prepack Wᵀ": lambda: prepack(weight.t(), b)}
+    singles = {
+        "mm u Wᵀ": lambda: torch.mm(u, weight.t()), "step_product u Wᵀ": lambda: forward(u),
+        "mm g W": lambda: torch.mm(g, weight), "step_product g W": lambda: backward(g),
+        "prepack W": lambda: prepack(weight, b), "prepack Wᵀ": lambda: prepack(weight.t(), b),
+    }
     tasks = {name: steps_of(task) for name, task in singles.items()}
-    tasks["flipout products"] = flipout_products
-    with torch.no_grad():
-        times = median_times(tasks, device, warmup, repeats)
-    times.update(median_times({BASELINE: fused_stack}, device, warmup, repeats))
+    tasks.update({"flipout products": flipout_products, BASELINE: fused_stack})
+    times = median_times(tasks, device, warmup, repeats)  # interleaved, like the main table
     return {"us": {name: 1e6 * times[name] / t for name in singles},
             "flipout_products_ms": 1000 * times["flipout products"],
             "torch_stack_ms": 1000 * times[BASELINE],
