@@ -216,7 +216,9 @@ def test_report_only_shows_unfinished_runs_and_settings_that_differ_from_the_rec
     recipe says 2 (say, a smoke test), 'flipout' has a last.pt and two validated epochs."""
     suite = make_suite(tmp_path)
     runs = tmp_path / "runs"
-    plain = load_recipe(tmp_path / "recipes" / "plain.yaml", ["train.epochs=1"])
+    # train.device and train.log_every differ too, but they do not change the experiment
+    plain = load_recipe(tmp_path / "recipes" / "plain.yaml",
+                        ["train.epochs=1", "train.device=cpu", "train.log_every=3"])
     (runs / "plain").mkdir(parents=True)
     (runs / "plain" / "config.yaml").write_text(recipe_to_yaml(plain))
     results = {"valid_ppl": 3.14159, "test_ppl": 2.71828, "valid_bpc": 1.23456,

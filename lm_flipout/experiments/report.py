@@ -14,11 +14,15 @@ import yaml
 from ..atomic import atomic_write
 from ..config import flatten_recipe, recipe_to_dict
 from ..tracking import read_metrics
+from ..training import RESUME_MAY_CHANGE
 from .suite import PAPER_METRICS, PlannedRun, Suite
 
 # Settings that may differ between a finished run and its recipe without changing the
-# experiment: set from the corpus, or naming where things are logged and stored.
-_IGNORED_DIFFERENCES = ("model.vocab_size", "train.out_dir", "train.run_name", "wandb.")
+# experiment: set from the corpus, naming where things are logged and stored, or those a
+# resume accepts except the ones that decide how long and how fast the run trained.
+_IGNORED_DIFFERENCES = ("model.vocab_size", "wandb.", *sorted(
+    RESUME_MAY_CHANGE - {"train.epochs", "train.max_steps", "train.early_stopping", "optim.lr",
+                         "optim.clip"}))
 
 
 @dataclass
