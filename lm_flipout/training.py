@@ -302,11 +302,12 @@ class Trainer:
         self.progress = Progress()
         self.carried = None
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
+        train_tokens, label = self.corpus.splits["train"].tokens, "train"
         cut = recipe.data.train_tokens
-        self.train_batches = make_batches(
-            self.corpus.splits["train"].tokens[:cut], recipe.data, train=True,
-            seed=recipe.train.seed, split="train" if cut is None else
-            f"train (cut to data.train_tokens={cut})", **shard)
+        if cut is not None and cut < train_tokens.numel():
+            train_tokens, label = train_tokens[:cut], f"train (cut to data.train_tokens={cut})"
+        self.train_batches = make_batches(train_tokens, recipe.data, train=True,
+                                          seed=recipe.train.seed, split=label, **shard)
         self.eval_batches = {
             name: make_batches(self.corpus.splits[name].tokens, recipe.data, train=False,
                                split=name, **shard)

@@ -220,7 +220,8 @@ def load_frozen_model(path: str) -> tuple[LanguageModel, Tensor, dict[str, Any]]
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.lstm.layers[0].weight_hh.requires_grad_(True)
-    return model, corpus.splits["train"].tokens, state["config"]
+    cut = state["config"].get("data", {}).get("train_tokens")  # the text it was trained on
+    return model, corpus.splits["train"].tokens[:cut], state["config"]
 
 
 def random_windows(tokens: Tensor, count: int, length: int, generator: torch.Generator) -> Tensor:
