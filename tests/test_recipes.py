@@ -135,7 +135,7 @@ def test_table_recipes_use_the_papers_training_setups() -> None:
     awd = load_recipe(RECIPES_DIR / "ptb" / "awd_wd_flipout.yaml")
     assert (awd.optim.name, awd.optim.ar, awd.optim.tar, awd.optim.weight_decay) == \
         ("nt_asgd", 2.0, 1.0, 1.2e-6)
-    assert (awd.data.batch_size, awd.data.bptt, awd.data.variable_bptt) == (80, 70, True)
+    assert (awd.data.batch_size, awd.data.bptt, awd.data.variable_bptt) == (20, 70, True)
     assert (awd.model.noise.family, awd.model.noise.p, awd.model.noise.estimator) == \
         ("dropconnect", 0.5, "flipout")
 
