@@ -632,11 +632,19 @@ def save_recipe(recipe: Recipe, path: Union[str, Path]) -> None:
         handle.write(recipe_to_yaml(recipe).encode("utf-8"))
 
 
-def flatten_recipe(data: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """A recipe dict as {dotted key: value} (``data.hf_data_files`` stays one value)."""
     if isinstance(data, dict) and not (prefix and prefix.endswith("hf_data_files")):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(flatten_recipe(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: data}
+
+
+def changed_settings(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """The dotted keys whose values differ between two recipe dicts, sorted, each with its
+    (old, new) value (None where a side lacks the key)."""
+    before, after = _flatten(old), _flatten(new)
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)}

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Recipe, flatten_recipe, recipe_to_dict, save_recipe
+from .config import Recipe, changed_settings, recipe_to_dict, save_recipe
 from .data import check_vocab, load_corpus
 from .data.batching import make_batches
 from .distributed import DistContext, on_main, sum_across_ranks
@@ -483,11 +483,11 @@ class Trainer:
 
     def _adopt_config(self, stored: dict) -> None:
         """Refuse a resume whose recipe changes the experiment; report allowed changes."""
-        old, new = flatten_recipe(stored), flatten_recipe(recipe_to_dict(self.recipe))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changed = changed_settings(stored, recipe_to_dict(self.recipe))
         fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("wandb.")]
         if fixed:
-            shown = "; ".join(f"{k}: run {old.get(k)!r}, now {new.get(k)!r}" for k in fixed[:6])
+            shown = "; ".join(f"{k}: run {changed[k][0]!r}, now {changed[k][1]!r}"
+                              for k in fixed[:6])
             more = f" (and {len(fixed) - 6} more)" if len(fixed) > 6 else ""
             raise TrainingError(
                 f"--resume: the recipe differs from the one {self.last_path} was trained with in "
@@ -496,9 +496,9 @@ class Trainer:
                 "name with train.run_name=NAME. Only the training length, checkpoint/log "
                 "intervals, device, paths, W&B settings, optim.lr and optim.clip may change."
             )
-        for key in changed:
-            self.echo(f"--resume: {key} changed from {old.get(key)!r} to {new.get(key)!r}.")
-        self._old_lr = float(old["optim.lr"])
+        for key, (before, now) in changed.items():
+            self.echo(f"--resume: {key} changed from {before!r} to {now!r}.")
+        self._old_lr = float(stored["optim"]["lr"])
 
     def _restore(self, state: dict) -> None:
         try:

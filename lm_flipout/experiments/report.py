@@ -12,7 +12,7 @@ from typing import Optional
 import yaml
 
 from ..atomic import atomic_write
-from ..config import flatten_recipe, recipe_to_dict
+from ..config import changed_settings, recipe_to_dict
 from ..tracking import read_metrics
 from ..training import RESUME_MAY_CHANGE
 from .suite import PAPER_METRICS, PlannedRun, Suite
@@ -66,11 +66,10 @@ def config_changes(run: PlannedRun) -> list[str]:
     path = run.run_dir / "config.yaml"
     if not path.is_file():
         return []
-    ran = flatten_recipe(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    now = flatten_recipe(recipe_to_dict(run.recipe))
-    keys = sorted(k for k in ran.keys() | now.keys()
-                  if ran.get(k) != now.get(k) and not k.startswith(_IGNORED_DIFFERENCES))
-    return [f"{k}={ran.get(k)!r} (recipe: {now.get(k)!r})" for k in keys]
+    ran = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    changed = changed_settings(ran, recipe_to_dict(run.recipe))
+    return [f"{k}={old!r} (recipe: {new!r})" for k, (old, new) in changed.items()
+            if not k.startswith(_IGNORED_DIFFERENCES)]
 
 
 # ----------------------------------------------------------------------------- Markdown
