@@ -138,17 +138,17 @@ def main(argv: list[str]) -> int:
 
     overrides = list(args.overrides)
     ctx = distributed.DistContext()
-    in_step = False  # every rank is known to end here together (see distributed.shutdown)
+    ranks_end_together = False  # every rank is known to end here (see distributed.shutdown)
     try:
         ctx = distributed.from_environment()
         status = run_training(args, overrides, ctx)
-        in_step = True
+        ranks_end_together = True
         return status
     except UserError as error:
-        in_step = getattr(error, "raised_on_main", False)
+        ranks_end_together = getattr(error, "raised_on_main", False)
         if ctx.is_main:
             return fail(error)
-        if in_step:
+        if ranks_end_together:
             return 2  # rank 0 reports it
         return fail(UserError(f"(rank {ctx.rank}) {error}"))
     except KeyboardInterrupt:
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
                   f"{resume_command(args.recipe, overrides, ctx)}", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown(in_step)
+        distributed.shutdown(ranks_end_together)
 
 
 if __name__ == "__main__":

@@ -154,18 +154,19 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown(in_step: bool = False) -> None:
+def shutdown(ranks_end_together: bool = False) -> None:
     """Leave the process group, if this process joined one.
 
-    ``in_step``: every rank is known to reach this call (training returned normally, or all
-    ranks raise rank 0's error). Then gloo ranks first meet at a barrier, because a rank that
-    tears its connections down while a peer is still finishing the last collective makes that
-    peer abort. Otherwise (one rank failed on its own) no barrier: it could wait for a rank
-    that is stuck in a collective, and torchrun stops the others once this one exits.
+    ``ranks_end_together``: every rank is known to reach this call (training returned
+    normally, or all ranks raise rank 0's error). Then gloo ranks first meet at a barrier,
+    because a rank that tears its connections down while a peer is still finishing the last
+    collective makes that peer abort. Otherwise (one rank failed on its own) no barrier: it
+    could wait for a rank that is stuck in a collective, and torchrun stops the others once
+    this one exits.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if in_step and dist.get_backend() == "gloo":
+    if ranks_end_together and dist.get_backend() == "gloo":
         dist.barrier()
     dist.destroy_process_group()
 

@@ -168,7 +168,7 @@ def _noise_worker(rank: int, root: str, port: int) -> None:
 
     recipe = from_dict(Recipe, tiny_recipe(Path(root)), "test recipe")
     ctx = from_environment()
-    in_step = False
+    ranks_end_together = False
     try:
         trainer = Trainer(recipe, Path(root) / "runs" / "spawned", dist=ctx, echo=lambda _: None)
         weights = [p.detach().clone() for p in trainer.model.parameters()]
@@ -183,9 +183,9 @@ def _noise_worker(rank: int, root: str, port: int) -> None:
         torch.save({"weights": weights, "unit": sample.unit, "out_signs": sample.out_signs,
                     "in_signs": sample.in_signs, "tracker": type(trainer.tracker).__name__,
                     "refused": refused}, Path(root) / f"rank{rank}.pt")
-        in_step = True
+        ranks_end_together = True
     finally:
-        distributed.shutdown(in_step)
+        distributed.shutdown(ranks_end_together)
 
 
 def test_each_rank_draws_its_own_noise_from_identical_weights(tmp_path) -> None:
