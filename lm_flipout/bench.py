@@ -29,7 +29,7 @@ from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
-from .nn.recurrence import prepack, step_product
+from .nn.recurrence import onednn_weight, step_product
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,13 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
 
 def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: int) -> dict:
     """One per-step product (B × H) @ (H × 4H) by ``torch.mm`` and by `step_product` (oneDNN
-    with a prepacked weight on CPU), forward and backward orientation, and the matrix
+    on CPU: prepacked weight forward, transposed view backward), and the matrix
     products of a whole flipout stack fwd+bwd without anything else, against the
     ``torch.nn.LSTM`` stack in the same run: the floor of the flipout stack's ratio."""
     t, b, h = shape.steps, shape.batch, shape.hidden
     rand = lambda *size: torch.randn(*size, device=device)  # noqa: E731
     u, g, weight = rand(b, h), rand(b, 4 * h), rand(4 * h, h)
-    forward, backward = step_product(weight, b), step_product(weight.t(), b)
+    forward, backward = step_product(weight, b), step_product(weight.t(), b, prepacked=False)
     flat_x, flat_g, w_ih = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h)
     fused = nn.LSTM(h, h, shape.layers).to(device)
     x = rand(t, b, h)
@@ -194,12 +194,13 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
             for _ in range(t):
                 for product in products:
                     product(u)
-            products = [step_product(weight.t(), b), step_product(weight.t(), b)]
+            products = [step_product(weight.t(), b, prepacked=False) for _ in range(2)]
             for _ in range(t):
                 for product in products:
                     product(g)
-            for _ in range(3):  # gradients of W_ih, W̄ and ΔŴ
-                flat_g.t() @ flat_x
+            flat_g.t() @ flat_x  # gradient of W_ih (autograd's)
+            for _ in range(2):  # gradients of W̄ and ΔŴ, oriented as the recurrence does
+                flat_x.t() @ flat_g
             if layer > 0:  # the stack's input needs no gradient
                 flat_g @ w_ih
 
@@ -216,7 +217,7 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
     singles = {
         "mm u Wᵀ": lambda: torch.mm(u, weight.t()), "step_product u Wᵀ": lambda: forward(u),
         "mm g W": lambda: torch.mm(g, weight), "step_product g W": lambda: backward(g),
-        "prepack W": lambda: prepack(weight, b), "prepack Wᵀ": lambda: prepack(weight.t(), b),
+        "prepack W": lambda: onednn_weight(weight, b),
     }
     tasks = {name: steps_of(task) for name, task in singles.items()}
     tasks.update({"flipout products": flipout_products, BASELINE: fused_stack})
@@ -225,7 +226,7 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
             "flipout_products_ms": 1000 * times["flipout products"],
             "torch_stack_ms": 1000 * times[BASELINE],
             "floor_ratio": times["flipout products"] / times[BASELINE],
-            "prepacked": prepack(weight, b) is not None}
+            "prepacked": onednn_weight(weight, b) is not None}
 
 
 def format_products(result: dict) -> str:

@@ -287,12 +287,16 @@ def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, b
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_step_product_uses_onednn_on_cpu_and_equals_mm():
-    from lm_flipout.nn.recurrence import prepack, step_product
+@pytest.mark.parametrize("prepacked", [True, False], ids=["prepacked", "view"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+def test_step_product_uses_onednn_on_cpu_and_equals_mm(prepacked, transposed):
+    from lm_flipout.nn.recurrence import onednn_weight, step_product
 
-    weight, x = torch.randn(48, 12), torch.randn(5, 12)
-    torch.testing.assert_close(step_product(weight, rows=5)(x), x @ weight.T, atol=1e-5,
-                               rtol=1e-5)
+    weight = torch.randn(12, 48).t() if transposed else torch.randn(48, 12)
+    x, base = torch.randn(5, 12), torch.randn(5, 48)
+    product = step_product(weight, rows=5, prepacked=prepacked)
+    torch.testing.assert_close(product(x), x @ weight.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(product(x, base=base), base + x @ weight.T, atol=1e-5, rtol=1e-5)
     if torch.backends.mkldnn.is_available():  # the fast path is really there on CPU
-        assert prepack(weight, 5) is not None
-    assert prepack(weight.double(), 5) is None
+        assert onednn_weight(weight, 5, prepacked) is not None
+    assert onednn_weight(weight.double(), 5, prepacked) is None

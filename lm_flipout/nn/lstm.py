@@ -32,14 +32,17 @@ class LayerSamples:
     recurrent: Optional[NoiseSample] = None
 
 
-def perturbed_linear(x: Tensor, weight: Tensor, sample: Optional[NoiseSample]) -> Tensor:
-    """``x Wᵀ`` for x (..., B, in) under the sample's estimator (flipout: paper eq. 5)."""
+def perturbed_linear(
+    x: Tensor, weight: Tensor, sample: Optional[NoiseSample], bias: Optional[Tensor] = None
+) -> Tensor:
+    """``x Wᵀ (+ bias)`` for x (..., B, in) under the sample's estimator (flipout: paper
+    eq. 5); the bias goes into the same product (one pass over the output, not two)."""
     if sample is None:
-        return F.linear(x, weight)
+        return F.linear(x, weight, bias)
     delta = sample.delta(weight)
     if sample.out_signs is None and delta.dim() == 2:  # shared
-        return F.linear(x, weight + delta)
-    out = F.linear(x, weight)
+        return F.linear(x, weight + delta, bias)
+    out = F.linear(x, weight, bias)
     if delta.dim() == 3:  # independent: (B, out, in)
         return out + torch.einsum("...bi,boi->...bo", x, delta)
     return out + F.linear(x * sample.in_signs, delta) * sample.out_signs
@@ -104,7 +107,7 @@ class LSTMLayer(nn.Module):
         )
         if self.allow_fused and not per_sequence and hidden_mask is None:
             return self._fused_forward(x, state, samples)
-        gates_x = perturbed_linear(x, self.weight_ih, samples.input) + self.bias
+        gates_x = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
         return self._recurrence(gates_x, state, samples.recurrent, hidden_mask)
 
     def _fused_forward(

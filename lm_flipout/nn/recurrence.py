@@ -24,45 +24,52 @@ from torch import Tensor
 
 # Set to False to run every per-step product with torch.mm (the tests compare both).
 USE_ONEDNN = True
-_ONEDNN_WORKS: Optional[bool] = None  # None until the first prepack has tried it
+# Whether oneDNN's linear gives the right product, per (prepacked, contiguous weight): probed
+# once on first use of each kind.
+_ONEDNN_WORKS: dict[tuple[bool, bool], bool] = {}
 
 
-def prepack(weight: Tensor, rows: int) -> Optional[Tensor]:
-    """``weight`` reordered into oneDNN's blocked layout for products with (rows, in) inputs,
-    as PyTorch's compiler does for frozen linear layers; None off the CPU, for other dtypes,
+def onednn_weight(weight: Tensor, rows: int, prepacked: bool = True) -> Optional[Tensor]:
+    """``weight`` (out, in) as oneDNN's linear takes it for products with (rows, in) inputs:
+    reordered into its blocked layout (as PyTorch's compiler does for frozen linear layers)
+    or, with ``prepacked=False``, as it is, any strides; None off the CPU, for other dtypes,
     with oneDNN disabled, or where this build of PyTorch cannot run the product."""
-    global _ONEDNN_WORKS
-    if not (USE_ONEDNN and _ONEDNN_WORKS is not False and weight.device.type == "cpu"
+    kind = (prepacked, weight.is_contiguous())
+    if not (USE_ONEDNN and _ONEDNN_WORKS.get(kind) is not False and weight.device.type == "cpu"
             and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled):
         return None
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
-        if _ONEDNN_WORKS is None:  # first use: check the product itself once
+        ready = (torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
+                 if prepacked else weight)
+        if kind not in _ONEDNN_WORKS:  # first use: check the product itself once
             probe = torch.ones(1, weight.shape[1])
-            _ONEDNN_WORKS = bool(torch.allclose(_onednn_linear(probe, packed),
-                                                probe @ weight.t(), rtol=1e-4, atol=1e-4))
+            _ONEDNN_WORKS[kind] = bool(torch.allclose(_onednn_linear(probe, ready),
+                                                      probe @ weight.t(), rtol=1e-4, atol=1e-4))
     except (AttributeError, RuntimeError, NotImplementedError):
-        _ONEDNN_WORKS = False
-    return packed if _ONEDNN_WORKS else None
+        _ONEDNN_WORKS[kind] = False
+    return ready if _ONEDNN_WORKS[kind] else None
 
 
-def _onednn_linear(x: Tensor, packed: Tensor) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+def _onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 StepProduct = Callable[..., Tensor]
 
 
-def step_product(weight: Tensor, rows: int) -> StepProduct:
+def step_product(weight: Tensor, rows: int, prepacked: bool = True) -> StepProduct:
     """``product(x, base=None, out=None)`` = ``base + x @ weight.T`` (without ``base`` when it
-    is None) for the (rows, in) inputs of every step of one call: oneDNN with a weight
-    prepacked by `prepack` where it gives one, else ``torch.mm`` / ``torch.addmm``."""
-    packed = prepack(weight, rows)
-    if packed is not None:
+    is None) for the (rows, in) inputs of every step of one call: oneDNN's linear with the
+    weight from `onednn_weight` where it gives one, else ``torch.mm`` / ``torch.addmm``.
+
+    Prepacking pays in forward; in backward, where the weight is a transposed view, the
+    reorder costs more than it saves (docs/benchmarks.md), so it runs on the view."""
+    ready = onednn_weight(weight, rows, prepacked)
+    if ready is not None:
         def onednn(x: Tensor, base: Optional[Tensor] = None,
                    out: Optional[Tensor] = None) -> Tensor:
-            y = _onednn_linear(x, packed)
+            y = _onednn_linear(x, ready)
             return y if base is None else torch.add(base, y, out=out)
         return onednn
     weight_t = weight.t()
@@ -78,6 +85,14 @@ def _activate(gates: Tensor, hidden: int) -> Tensor:
     gates[:, 2 * hidden : 3 * hidden].tanh_()
     gates[:, 3 * hidden :].sigmoid_()
     return gates
+
+
+def _weight_gradient(grad_gates: Tensor, inputs: Tensor) -> Tensor:
+    """Σ_t ∂a_tᵀ u_t over all steps, (4H, H), as one product. Computed as (uᵀ ∂a)ᵀ: on
+    CPU that orientation runs faster than ∂aᵀ u (docs/benchmarks.md)."""
+    steps, batch, hidden = inputs.shape
+    return (inputs.reshape(steps * batch, hidden).t()
+            @ grad_gates.reshape(steps * batch, -1)).t()
 
 
 class FlipoutRecurrence(torch.autograd.Function):
@@ -127,11 +142,13 @@ class FlipoutRecurrence(torch.autograd.Function):
         torch.addcmul(o, o, o, value=-1, out=coef[:, :, 3]).mul_(tanh_c)
         dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tanh_c).mul_(o)
 
-        mean_product = step_product(weight.t(), batch)  # g ↦ g W̄
-        noise_product = step_product(delta.t(), batch) if delta is not None else None
+        mean_product = step_product(weight.t(), batch, prepacked=False)  # g ↦ g W̄
+        noise_product = (step_product(delta.t(), batch, prepacked=False)
+                         if delta is not None else None)
         grad_gates = torch.empty_like(acts)
-        # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop
-        signed_grads = torch.empty_like(acts) if delta is not None else None
+        # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop; it overwrites
+        # coef, whose step t is spent before step t writes it
+        signed_grads = coef.view_as(acts) if delta is not None else None
         dh, dc = grad_h.clone(), grad_c.clone()  # autograd materializes unused grads as zeros
         for t in reversed(range(steps)):
             dh += grad_outputs[t]
@@ -145,15 +162,14 @@ class FlipoutRecurrence(torch.autograd.Function):
                 signed = torch.mul(grad_gates[t], out_signs, out=signed_grads[t])
                 du.addcmul_(noise_product(signed), in_signs)
             dh = du if mask is None else du * mask
-        del coef, dc_from_dh
 
-        inputs = hs[:-1] if mask is None else hs[:-1] * mask  # u_t for every step
-        flat_grad = grad_gates.reshape(steps * batch, -1)
-        grad_weight = flat_grad.t() @ inputs.reshape(steps * batch, hidden)
+        # u_t (and u_t ∘ s) of every step, in dc_from_dh's memory, which the loop is done with
+        inputs = hs[:-1] if mask is None else torch.mul(hs[:-1], mask, out=dc_from_dh)
+        grad_weight = _weight_gradient(grad_gates, inputs)
         grad_delta = None
         if delta is not None and ctx.needs_input_grad[4]:
-            grad_delta = (signed_grads.reshape(steps * batch, -1).t()
-                          @ (inputs * in_signs).reshape(steps * batch, hidden))
+            grad_delta = _weight_gradient(signed_grads,
+                                          torch.mul(inputs, in_signs, out=dc_from_dh))
         return grad_gates, dh, dc, grad_weight, grad_delta, None, None, None
 
 
