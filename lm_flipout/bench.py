@@ -29,7 +29,7 @@ from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
-from .nn.recurrence import onednn_weight, step_product
+from .nn.recurrence import PREPACK_BACKWARD_MIN_STEPS, onednn_weight, step_product, weight_gradient
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,15 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
 
 def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: int) -> dict:
     """One per-step product (B × H) @ (H × 4H) by ``torch.mm`` and by `step_product` (oneDNN
-    on CPU: prepacked weight forward, transposed view backward), and the matrix
+    on CPU, with its weight prepacked or not as the recurrence does), and the matrix
     products of a whole flipout stack fwd+bwd without anything else, against the
     ``torch.nn.LSTM`` stack in the same run: the floor of the flipout stack's ratio."""
     t, b, h = shape.steps, shape.batch, shape.hidden
     rand = lambda *size: torch.randn(*size, device=device)  # noqa: E731
     u, g, weight = rand(b, h), rand(b, 4 * h), rand(4 * h, h)
-    forward, backward = step_product(weight, b), step_product(weight.t(), b, prepacked=False)
+    backward_prepacked = t >= PREPACK_BACKWARD_MIN_STEPS
+    forward = step_product(weight, b)
+    backward = step_product(weight.t(), b, backward_prepacked)
     flat_x, flat_g, w_ih = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h)
     fused = nn.LSTM(h, h, shape.layers).to(device)
     x = rand(t, b, h)
@@ -194,13 +196,13 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
             for _ in range(t):
                 for product in products:
                     product(u)
-            products = [step_product(weight.t(), b, prepacked=False) for _ in range(2)]
+            products = [step_product(weight.t(), b, backward_prepacked) for _ in range(2)]
             for _ in range(t):
                 for product in products:
                     product(g)
             flat_g.t() @ flat_x  # gradient of W_ih (autograd's)
-            for _ in range(2):  # gradients of W̄ and ΔŴ, oriented as the recurrence does
-                flat_x.t() @ flat_g
+            for _ in range(2):  # gradients of W̄ and ΔŴ, as the recurrence does them
+                weight_gradient(flat_g.view(t, b, -1), flat_x.view(t, b, -1))
             if layer > 0:  # the stack's input needs no gradient
                 flat_g @ w_ih
 

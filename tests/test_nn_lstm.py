@@ -256,14 +256,20 @@ def autograd_flipout_reference(gates_x, h, c, weight, delta, out_signs, in_signs
     return torch.stack(outputs), h, c
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mm"])
-@pytest.mark.parametrize("batch, hidden", [(5, 6), (8, 64)])
-def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, batch, hidden):
-    """Both ways of running the per-step products (oneDNN prepacked weights on CPU, mm)."""
+@pytest.mark.parametrize("onednn, backward_prepacked",
+                         [(True, False), (True, True), (False, False)],
+                         ids=["onednn", "onednn-prepacked-backward", "mm"])
+@pytest.mark.parametrize("batch, hidden", [(5, 6), (8, 64)])  # both weight-gradient orientations
+def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, backward_prepacked,
+                                                          batch, hidden):
+    """Every way of running the products: oneDNN (backward on the transposed view or on a
+    prepacked copy) and torch.mm."""
     from lm_flipout.nn import recurrence
     from lm_flipout.nn.recurrence import lstm_recurrence
 
     monkeypatch.setattr(recurrence, "USE_ONEDNN", onednn)
+    monkeypatch.setattr(recurrence, "PREPACK_BACKWARD_MIN_STEPS",
+                        1 if backward_prepacked else 10**9)
     torch.manual_seed(9)
     steps = 7
     leaves = [torch.randn(steps, batch, 4 * hidden), torch.randn(batch, hidden),

@@ -57,14 +57,20 @@ def _onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
 
 StepProduct = Callable[..., Tensor]
 
+# Backward prepacks its transposed weights only for windows at least this long: at 35 steps
+# (hidden 650) the reorder costs more than it saves, at 100 (hidden 1000) it pays
+# (docs/benchmarks.md).
+PREPACK_BACKWARD_MIN_STEPS = 64
+
 
 def step_product(weight: Tensor, rows: int, prepacked: bool = True) -> StepProduct:
     """``product(x, base=None, out=None)`` = ``base + x @ weight.T`` (without ``base`` when it
     is None) for the (rows, in) inputs of every step of one call: oneDNN's linear with the
     weight from `onednn_weight` where it gives one, else ``torch.mm`` / ``torch.addmm``.
 
-    Prepacking pays in forward; in backward, where the weight is a transposed view, the
-    reorder costs more than it saves (docs/benchmarks.md), so it runs on the view."""
+    Prepacking pays in forward. In backward the weight is a transposed view whose reorder
+    (a transposing copy) costs 2-8 ms at hidden sizes 650-1000, which faster steps repay
+    only over long windows (see `PREPACK_BACKWARD_MIN_STEPS`)."""
     ready = onednn_weight(weight, rows, prepacked)
     if ready is not None:
         def onednn(x: Tensor, base: Optional[Tensor] = None,
@@ -87,12 +93,16 @@ def _activate(gates: Tensor, hidden: int) -> Tensor:
     return gates
 
 
-def _weight_gradient(grad_gates: Tensor, inputs: Tensor) -> Tensor:
-    """Σ_t ∂a_tᵀ u_t over all steps, (4H, H), as one product. Computed as (uᵀ ∂a)ᵀ: on
-    CPU that orientation runs faster than ∂aᵀ u (docs/benchmarks.md)."""
+def weight_gradient(grad_gates: Tensor, inputs: Tensor) -> Tensor:
+    """Σ_t ∂a_tᵀ u_t over all steps, (4H, H), as one product. On the CPUs measured
+    (docs/benchmarks.md) MKL runs it as (uᵀ ∂a)ᵀ 1.15-1.45x faster than as ∂aᵀ u when H is
+    not a multiple of 8 (650, 1500) and 5-15% slower when it is (400, 800, 1000)."""
     steps, batch, hidden = inputs.shape
-    return (inputs.reshape(steps * batch, hidden).t()
-            @ grad_gates.reshape(steps * batch, -1)).t()
+    flat_inputs = inputs.reshape(steps * batch, hidden)
+    flat_grads = grad_gates.reshape(steps * batch, -1)
+    if hidden % 8:
+        return (flat_inputs.t() @ flat_grads).t()
+    return flat_grads.t() @ flat_inputs
 
 
 class FlipoutRecurrence(torch.autograd.Function):
@@ -142,8 +152,9 @@ class FlipoutRecurrence(torch.autograd.Function):
         torch.addcmul(o, o, o, value=-1, out=coef[:, :, 3]).mul_(tanh_c)
         dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tanh_c).mul_(o)
 
-        mean_product = step_product(weight.t(), batch, prepacked=False)  # g ↦ g W̄
-        noise_product = (step_product(delta.t(), batch, prepacked=False)
+        prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
+        mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
+        noise_product = (step_product(delta.t(), batch, prepacked)
                          if delta is not None else None)
         grad_gates = torch.empty_like(acts)
         # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop; it overwrites
@@ -165,10 +176,10 @@ class FlipoutRecurrence(torch.autograd.Function):
 
         # u_t (and u_t ∘ s) of every step, in dc_from_dh's memory, which the loop is done with
         inputs = hs[:-1] if mask is None else torch.mul(hs[:-1], mask, out=dc_from_dh)
-        grad_weight = _weight_gradient(grad_gates, inputs)
+        grad_weight = weight_gradient(grad_gates, inputs)
         grad_delta = None
         if delta is not None and ctx.needs_input_grad[4]:
-            grad_delta = _weight_gradient(signed_grads,
+            grad_delta = weight_gradient(signed_grads,
                                           torch.mul(inputs, in_signs, out=dc_from_dh))
         return grad_gates, dh, dc, grad_weight, grad_delta, None, None, None
 
