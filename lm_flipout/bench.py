@@ -6,7 +6,7 @@ For each shape and variant it times forward+backward of the LSTM stack alone and
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
 over repeats after warm-up, with the variants interleaved inside every repeat so that load
 on a shared machine hits them alike; every figure is also given as a ratio to
-``torch.nn.LSTM`` measured in the same run. Memory: on CUDA the peak allocated during a
+``torch.nn.LSTM``: the median over repeats of the ratio within one repeat. Memory: on CUDA the peak allocated during a
 training step; on CPU (which has no allocator statistics) the bytes of tensors saved for
 backward, i.e. the activation memory of the step.
 """
@@ -111,21 +111,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_times(tasks: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                 repeats: int) -> dict[str, float]:
-    """Median seconds per task; tasks run interleaved, one of each per repeat."""
+@dataclass
+class Timings:
+    """Seconds per task, ``samples[name][k]`` from repeat k (all tasks ran in every repeat)."""
+
+    samples: dict[str, list[float]]
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, name: str, baseline: str = BASELINE) -> float:
+        """Median over repeats of name / baseline within the same repeat: load that drifts
+        over the run cancels out, as it would not in a ratio of two medians."""
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[baseline]))
+
+
+def interleaved_times(tasks: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                      repeats: int) -> Timings:
+    """Every task once per repeat, in an order rotated by one each repeat (so that no task
+    always follows the same one), after ``warmup`` runs of each."""
     for task in tasks.values():
         for _ in range(warmup):
             task()
     synchronize(device)
-    samples: dict[str, list[float]] = {name: [] for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
+    names = list(tasks)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(repeats):
+        for name in names[k % len(names):] + names[: k % len(names)]:
             start = time.perf_counter()
-            task()
+            tasks[name]()
             synchronize(device)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return Timings(samples)
 
 
 def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
@@ -157,17 +174,17 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
             optimizer.step()
         return run
 
-    stack_times = median_times({n: stack_task(n) for n in variants}, device, warmup, repeats)
-    step_times = median_times({n: step_task(n) for n in variants}, device, warmup, repeats)
+    stack_times = interleaved_times({n: stack_task(n) for n in variants}, device, warmup, repeats)
+    step_times = interleaved_times({n: step_task(n) for n in variants}, device, warmup, repeats)
     memory = {name: step_memory(step_task(name), device) for name in variants}
     rows = []
     for name in variants:
         rows.append({
             "variant": name,
-            "stack_ms": 1000 * stack_times[name],
-            "stack_ratio": stack_times[name] / stack_times[BASELINE],
-            "step_ms": 1000 * step_times[name],
-            "step_ratio": step_times[name] / step_times[BASELINE],
+            "stack_ms": 1000 * stack_times.median(name),
+            "stack_ratio": stack_times.ratio(name),
+            "step_ms": 1000 * step_times.median(name),
+            "step_ratio": step_times.ratio(name),
             "memory_mib": memory[name] / 2**20,
             "memory_ratio": memory[name] / memory["ours, no noise"],
         })
@@ -223,11 +240,11 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
     }
     tasks = {name: steps_of(task) for name, task in singles.items()}
     tasks.update({"flipout products": flipout_products, BASELINE: fused_stack})
-    times = median_times(tasks, device, warmup, repeats)  # interleaved, like the main table
-    return {"us": {name: 1e6 * times[name] / t for name in singles},
-            "flipout_products_ms": 1000 * times["flipout products"],
-            "torch_stack_ms": 1000 * times[BASELINE],
-            "floor_ratio": times["flipout products"] / times[BASELINE],
+    times = interleaved_times(tasks, device, warmup, repeats)  # like the main table
+    return {"us": {name: 1e6 * times.median(name) / t for name in singles},
+            "flipout_products_ms": 1000 * times.median("flipout products"),
+            "torch_stack_ms": 1000 * times.median(BASELINE),
+            "floor_ratio": times.ratio("flipout products"),
             "prepacked": onednn_weight(weight, b) is not None}
 
 
