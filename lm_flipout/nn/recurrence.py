@@ -9,10 +9,10 @@ optional locked-dropout mask m):
 Only the recurrent products run step by step. The backward pass keeps per-step work to
 the two products that carry ∂h_{t-1}; the weight gradients of W̄ and ΔŴ are one matmul
 each over all stacked steps, and ``u ∘ s`` is recomputed from the stored outputs and the
-sign vectors instead of being stored. On CPU the per-step products use oneDNN with the weight
-reordered once per call into its blocked layout (`step_product`), which runs these small
-(batch × hidden) products up to 2x faster than ``torch.mm`` at hidden sizes of 650-1000
-(docs/benchmarks.md).
+sign vectors instead of being stored. On CPU the per-step products use oneDNN's linear
+(`step_product`; in forward with the weight reordered once per call into its blocked
+layout), which runs these small (batch × hidden) products up to 2x faster than ``torch.mm``
+at hidden sizes of 650-1000 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
