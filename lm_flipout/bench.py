@@ -6,9 +6,9 @@ For each shape and variant it times forward+backward of the LSTM stack alone and
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
 over repeats after warm-up, with the variants interleaved inside every repeat so that load
 on a shared machine hits them alike; every figure is also given as a ratio to
-``torch.nn.LSTM``: the median over repeats of the ratio within one repeat. Memory: on CUDA the peak allocated during a
-training step; on CPU (which has no allocator statistics) the bytes of tensors saved for
-backward, i.e. the activation memory of the step.
+``torch.nn.LSTM``: the median over repeats of the ratio within one repeat. Memory: on CUDA
+the peak allocated during a training step; on CPU (which has no allocator statistics) the
+bytes of tensors saved for backward, i.e. the activation memory of the step.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
-from .nn.recurrence import PREPACK_BACKWARD_MIN_STEPS, onednn_weight, step_product, weight_gradient
+from .nn.recurrence import (PREPACK_BACKWARD_MIN_STEPS, onednn_weight, step_product,
+                            weight_gradient)
 
 
 @dataclass(frozen=True)
