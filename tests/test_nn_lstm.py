@@ -243,12 +243,14 @@ def test_bad_lstm_arguments_and_input_rank():
         lstm(torch.randn(T, B, I), (torch.zeros(1, B + 1, H), torch.zeros(1, B + 1, H)))
 
 
-def autograd_flipout_reference(gates_x, h, c, weight, delta, out_signs, in_signs, mask):
+def autograd_flipout_reference(x, weight_ih, bias, extra, h, c, weight, delta, out_signs,
+                               in_signs, mask):
     """Plain autograd loop of paper eq. 5 inside an LSTM, for comparing gradients."""
     outputs = []
-    for gates_t in gates_x:
+    for x_t, extra_t in zip(x, extra):
         u = h * mask
-        gates = gates_t + u @ weight.T + ((u * in_signs) @ delta.T) * out_signs
+        gates = (x_t @ weight_ih.T + bias + extra_t + u @ weight.T
+                 + ((u * in_signs) @ delta.T) * out_signs)
         i, f, g, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -259,38 +261,66 @@ def autograd_flipout_reference(gates_x, h, c, weight, delta, out_signs, in_signs
 @pytest.mark.parametrize("onednn, backward_prepacked",
                          [(True, False), (True, True), (False, False)],
                          ids=["onednn", "onednn-prepacked-backward", "mm"])
-@pytest.mark.parametrize("batch, hidden", [(5, 6), (8, 64)])  # both weight-gradient orientations
+# sizes off and on multiples of 8: both weight-gradient orientations
+@pytest.mark.parametrize("batch, inputs, hidden", [(5, 3, 6), (8, 64, 64)])
 def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, backward_prepacked,
-                                                          batch, hidden):
+                                                          batch, inputs, hidden):
     """Every way of running the products: oneDNN (backward on the transposed view or on a
-    prepacked copy) and torch.mm."""
+    prepacked copy) and torch.mm; every input's gradient, the extra input term's included."""
     from lm_flipout.nn import recurrence
-    from lm_flipout.nn.recurrence import lstm_recurrence
+    from lm_flipout.nn.recurrence import lstm_layer
 
     monkeypatch.setattr(recurrence, "USE_ONEDNN", onednn)
     monkeypatch.setattr(recurrence, "PREPACK_BACKWARD_MIN_STEPS",
                         1 if backward_prepacked else 10**9)
     torch.manual_seed(9)
     steps = 7
-    leaves = [torch.randn(steps, batch, 4 * hidden), torch.randn(batch, hidden),
-              torch.randn(batch, hidden), torch.randn(4 * hidden, hidden) / hidden**0.5,
+    leaves = [torch.randn(steps, batch, inputs), torch.randn(4 * hidden, inputs) / inputs**0.5,
+              torch.randn(4 * hidden), torch.randn(steps, batch, 4 * hidden),
+              torch.randn(batch, hidden), torch.randn(batch, hidden),
               torch.randn(4 * hidden, hidden) / hidden**0.5]
     leaves = [t.requires_grad_(True) for t in leaves]
+    unit = torch.randn(4 * hidden, hidden)
     out_signs = torch.randint(0, 2, (batch, 4 * hidden)).float() * 2 - 1
     in_signs = torch.randint(0, 2, (batch, hidden)).float() * 2 - 1
     mask = (torch.rand(batch, hidden) > 0.3).float() / 0.7
-    gates_x, h0, c0, weight, delta = leaves
-    y, (h, c) = lstm_recurrence(gates_x, (h0, c0), weight, delta, out_signs, in_signs, mask)
-    ry, rh, rc = autograd_flipout_reference(gates_x, h0, c0, weight, delta, out_signs, in_signs, mask)
+    x, weight_ih, bias, extra, h0, c0, weight = leaves
+    y, (h, c) = lstm_layer(x, weight_ih, bias, (h0, c0), weight, unit, out_signs, in_signs,
+                           mask, extra)
+    ry, rh, rc = autograd_flipout_reference(x, weight_ih, bias, extra, h0, c0, weight,
+                                            weight * unit, out_signs, in_signs, mask)
     for a, b in ((y, ry), (h, rh), (c, rc)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     probes = [torch.randn_like(t) for t in (y, h, c)]
     loss = sum((t * p).sum() for t, p in zip((y, h, c), probes))
     ref_loss = sum((t * p).sum() for t, p in zip((ry, rh, rc), probes))
-    grads = torch.autograd.grad(loss, leaves)
-    ref_grads = torch.autograd.grad(ref_loss, leaves)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for repeat in range(2):  # the second backward runs on the scratch buffers of the first
+        grads = torch.autograd.grad(loss, leaves, retain_graph=True)
+        ref_grads = torch.autograd.grad(ref_loss, leaves, retain_graph=True)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_gradients_survive_the_next_call():
+    """Gradients handed out by one backward are not overwritten by the next call (the
+    backward reuses scratch buffers on CPU)."""
+    from lm_flipout.nn.recurrence import lstm_layer
+
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    params = [torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True),
+              torch.randn(8, 2, requires_grad=True)]
+    state = (torch.zeros(3, 2), torch.zeros(3, 2))
+
+    def gradients(scale: float) -> list[torch.Tensor]:
+        y, _ = lstm_layer(x * scale, params[0], params[1], state, params[2])
+        return list(torch.autograd.grad(y.sum(), [x, *params]))
+
+    first = gradients(1.0)
+    kept = [g.clone() for g in first]
+    gradients(-3.0)
+    for a, b in zip(first, kept):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("prepacked", [True, False], ids=["prepacked", "view"])

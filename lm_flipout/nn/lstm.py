@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from .dropout import LockedDropout, activation_dropout
 from .noise import NoiseSample, WeightNoise
-from .recurrence import lstm_recurrence
+from .recurrence import lstm_layer
 
 State = tuple[Union[Tensor, list[Tensor]], Union[Tensor, list[Tensor]]]
 
@@ -32,6 +32,15 @@ class LayerSamples:
     recurrent: Optional[NoiseSample] = None
 
 
+def per_sequence_term(x: Tensor, weight: Tensor, sample: NoiseSample) -> Tensor:
+    """The noise part of x Wᵀ for x (..., B, in) under a per-sequence estimator: flipout's
+    ((x ∘ s) ΔŴᵀ) ∘ r (paper eq. 5) or, for ``independent``, x ΔW_nᵀ with each sequence's
+    own (out, in) ΔW_n."""
+    if sample.independent:  # ΔW_n: (B, out, in)
+        return torch.einsum("...bi,boi->...bo", x, sample.delta(weight))
+    return F.linear(x * sample.in_signs, sample.delta(weight)) * sample.out_signs
+
+
 def perturbed_linear(
     x: Tensor, weight: Tensor, sample: Optional[NoiseSample], bias: Optional[Tensor] = None
 ) -> Tensor:
@@ -39,13 +48,9 @@ def perturbed_linear(
     eq. 5); the bias goes into the same product (one pass over the output, not two)."""
     if sample is None:
         return F.linear(x, weight, bias)
-    delta = sample.delta(weight)
-    if sample.out_signs is None and delta.dim() == 2:  # shared
-        return F.linear(x, weight + delta, bias)
-    out = F.linear(x, weight, bias)
-    if delta.dim() == 3:  # independent: (B, out, in)
-        return out + torch.einsum("...bi,boi->...bo", x, delta)
-    return out + F.linear(x * sample.in_signs, delta) * sample.out_signs
+    if sample.shared:
+        return F.linear(x, weight + sample.delta(weight), bias)
+    return F.linear(x, weight, bias) + per_sequence_term(x, weight, sample)
 
 
 class LSTMLayer(nn.Module):
@@ -101,14 +106,27 @@ class LSTMLayer(nn.Module):
             if self.hidden_dropout.active
             else None
         )
-        per_sequence = any(
-            s is not None and (s.out_signs is not None or s.unit.dim() == 3)
-            for s in (samples.input, samples.recurrent)
-        )
+        per_sequence = any(s is not None and not s.shared
+                           for s in (samples.input, samples.recurrent))
         if self.allow_fused and not per_sequence and hidden_mask is None:
             return self._fused_forward(x, state, samples)
-        gates_x = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
-        return self._recurrence(gates_x, state, samples.recurrent, hidden_mask)
+        if samples.recurrent is not None and samples.recurrent.independent:
+            gates_x = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
+            return self._independent_recurrence(gates_x, state, samples.recurrent, hidden_mask)
+        weight_ih, extra = self.weight_ih, None
+        if samples.input is not None and samples.input.shared:
+            weight_ih = weight_ih + samples.input.delta(weight_ih)
+        elif samples.input is not None:
+            extra = per_sequence_term(x, weight_ih, samples.input)
+        weight, flipout = self.weight_hh, {}
+        if samples.recurrent is not None and samples.recurrent.shared:
+            weight = weight + samples.recurrent.delta(weight)
+        elif samples.recurrent is not None:  # flipout
+            flipout = dict(unit=samples.recurrent.unit,
+                           out_signs=samples.recurrent.out_signs,
+                           in_signs=samples.recurrent.in_signs)
+        return lstm_layer(x, weight_ih, self.bias, state, weight, mask=hidden_mask, extra=extra,
+                          **flipout)
 
     def _fused_forward(
         self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
@@ -121,25 +139,6 @@ class LSTMLayer(nn.Module):
         h0, c0 = state
         y, (h, c) = functional_call(self.fused, weights, (x, (h0[None], c0[None])), strict=False)
         return y, (h[0], c[0])
-
-    def _recurrence(
-        self,
-        gates_x: Tensor,
-        state: tuple[Tensor, Tensor],
-        sample: Optional[NoiseSample],
-        hidden_mask: Optional[Tensor],
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Step-by-step recurrence; gates_x (T, B, 4H) already holds input product and bias."""
-        if sample is not None and sample.unit.dim() == 3:
-            return self._independent_recurrence(gates_x, state, sample, hidden_mask)
-        weight = self.weight_hh
-        if sample is not None and sample.out_signs is None:  # shared
-            weight = weight + sample.delta(weight)
-            sample = None
-        if sample is None:
-            return lstm_recurrence(gates_x, state, weight, mask=hidden_mask)
-        return lstm_recurrence(gates_x, state, weight, sample.delta(weight), sample.out_signs,
-                               sample.in_signs, hidden_mask)
 
     def _independent_recurrence(
         self,

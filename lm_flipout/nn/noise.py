@@ -38,6 +38,16 @@ class NoiseSample:
     out_signs: Optional[Tensor] = None
     in_signs: Optional[Tensor] = None
 
+    @property
+    def shared(self) -> bool:
+        """One ΔW for the whole batch (no signs, no per-sequence noise)."""
+        return self.out_signs is None and self.unit.dim() == 2
+
+    @property
+    def independent(self) -> bool:
+        """A separate ΔW_n for every sequence."""
+        return self.unit.dim() == 3
+
     def delta(self, mean_weight: Tensor) -> Tensor:
         """ΔŴ = W̄ ∘ U (one matrix, or one per sequence for ``independent``)."""
         return mean_weight * self.unit

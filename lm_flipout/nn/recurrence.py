@@ -1,22 +1,30 @@
-"""The LSTM recurrence with flipout, as one autograd Function with a hand-written
-backward through time (issue 7, design.md §5).
+"""The LSTM layer with flipout, as one autograd Function with a hand-written backward
+through time (issue 7, design.md §5).
 
 Per step (gate order i, f, g, o as in ``torch.nn.LSTM``; ``u = h_{t-1} ∘ m`` with an
 optional locked-dropout mask m):
 
-    a_t = X_t + u W̄ᵀ + ((u ∘ s) ΔŴᵀ) ∘ r            (Wen et al. 2018, eq. 5)
+    a_t = x_t W_ihᵀ + b + E_t + u W̄ᵀ + ((u ∘ s) ΔŴᵀ) ∘ r      (Wen et al. 2018, eq. 5)
 
-Only the recurrent products run step by step. The backward pass keeps per-step work to
-the two products that carry ∂h_{t-1}; the weight gradients of W̄ and ΔŴ are one matmul
+with ΔŴ = W̄ ∘ U for the unit noise U (noise.py), whose gradient goes straight into W̄'s,
+and E an optional extra input term (input-weight noise, computed outside). The input
+product for all steps is one matmul before the loop, and its buffer then holds the gate
+activations, so the step loop allocates nothing of that size. Only the recurrent products
+run step by step. The backward pass keeps per-step work to the two products that carry
+∂h_{t-1}; the input gradient and the weight gradients of W_ih, W̄ and ΔŴ are one matmul
 each over all stacked steps, and ``u ∘ s`` is recomputed from the stored outputs and the
-sign vectors instead of being stored. On CPU the per-step products use oneDNN's linear
-(`step_product`; in forward with the weight reordered once per call into its blocked
-layout), which runs these small (batch × hidden) products up to 2x faster than ``torch.mm``
-at hidden sizes of 650-1000 (docs/benchmarks.md).
+sign vectors instead of being stored. On CPU the backward's step-sized buffers are reused
+from call to call (`scratch`): touching fresh pages costs as much as the work on them.
+
+On CPU the products use oneDNN's linear (`step_product`; per-step forward products with the
+weight reordered once per call into its blocked layout), which runs the small (batch ×
+hidden) products up to 2x and the stacked ones 10-15% faster than ``torch.mm`` at hidden
+sizes of 650-1000 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -85,6 +93,32 @@ def step_product(weight: Tensor, rows: int, prepacked: bool = True) -> StepProdu
     return mm
 
 
+def input_product(inputs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``inputs @ weight.T + bias`` for (N, in) inputs, as one product: oneDNN's linear on the
+    weight as it is where `onednn_weight` gives it, else ``torch.addmm``."""
+    ready = onednn_weight(weight, inputs.shape[0], prepacked=False)
+    if ready is not None:
+        return torch.ops.mkldnn._linear_pointwise(inputs.contiguous(), ready, bias, "none", [], "")
+    return torch.addmm(bias, inputs, weight.t())
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, like: Tensor) -> Tensor:
+    """An uninitialized tensor shaped like ``like``. On CPU it is a view of a buffer that this
+    thread keeps under ``name`` for the next call (grown when too small); elsewhere it is
+    fresh, since CUDA's caching allocator already reuses memory. Only for tensors that do
+    not outlive the call that asks for them."""
+    if like.device.type != "cpu":
+        return torch.empty_like(like)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.numel() < like.numel() or buffer.dtype != like.dtype:
+        buffer = buffers[name] = like.new_empty(like.numel())
+    return buffer[: like.numel()].view(like.shape)
+
+
 def _activate(gates: Tensor, hidden: int) -> Tensor:
     """In place: sigmoid on i, f, o and tanh on g; returns ``gates``."""
     gates[:, : 2 * hidden].sigmoid_()
@@ -93,59 +127,72 @@ def _activate(gates: Tensor, hidden: int) -> Tensor:
     return gates
 
 
-def weight_gradient(grad_gates: Tensor, inputs: Tensor) -> Tensor:
-    """Σ_t ∂a_tᵀ u_t over all steps, (4H, H), as one product. On the CPUs measured
-    (docs/benchmarks.md) MKL runs it as (uᵀ ∂a)ᵀ 1.15-1.45x faster than as ∂aᵀ u when H is
-    not a multiple of 8 (650, 1500) and 5-15% slower when it is (400, 800, 1000)."""
-    steps, batch, hidden = inputs.shape
-    flat_inputs = inputs.reshape(steps * batch, hidden)
+def weight_gradient(grad_gates: Tensor, inputs: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """Σ_t ∂a_tᵀ u_t over all steps, (4H, in), as one product (written into the memory of
+    ``out`` when given). On the CPUs measured (docs/benchmarks.md) MKL runs it as (uᵀ ∂a)ᵀ
+    1.15-1.45x faster than as ∂aᵀ u when the input size is not a multiple of 8 (650, 1500)
+    and 5-15% slower when it is (400, 800, 1000)."""
+    steps, batch, size = inputs.shape
+    flat_inputs = inputs.reshape(steps * batch, size)
     flat_grads = grad_gates.reshape(steps * batch, -1)
-    if hidden % 8:
-        return (flat_inputs.t() @ flat_grads).t()
-    return flat_grads.t() @ flat_inputs
+    if size % 8:
+        result = None if out is None else out.view(size, -1)
+        return torch.mm(flat_inputs.t(), flat_grads, out=result).t()
+    return torch.mm(flat_grads.t(), flat_inputs, out=None if out is None else out.view(-1, size))
 
 
 class FlipoutRecurrence(torch.autograd.Function):
-    """(gates_x, h0, c0, W̄, ΔŴ, r, s, m) → (outputs (T, B, H), h_T, c_T).
+    """(x, W_ih, b, E, h0, c0, W̄, U, r, s, m) → (outputs (T, B, H), h_T, c_T).
 
-    ``gates_x`` (T, B, 4H) holds the input product and biases; ΔŴ with r (B, 4H) and
-    s (B, H) may be None (no per-sequence noise), and so may the mask m (B, H).
+    x (T, B, in); the extra input term E (T, B, 4H) may be None, and so may the unit noise U
+    (4H, H) with r (B, 4H) and s (B, H) (no per-sequence noise) and the mask m (B, H). U takes
+    no gradient.
     """
 
     @staticmethod
-    def forward(ctx, gates_x, h0, c0, weight, delta, out_signs, in_signs, mask):
-        steps, batch, _ = gates_x.shape
+    def forward(ctx, x, weight_ih, bias, extra, h0, c0, weight, unit, out_signs, in_signs,
+                mask):
+        steps, batch, inputs = x.shape
         hidden = h0.shape[1]
-        acts = torch.empty_like(gates_x)
-        hs = gates_x.new_empty(steps + 1, batch, hidden)
-        cs = gates_x.new_empty(steps + 1, batch, hidden)
+        # the input product of every step; each step then overwrites its slice with the
+        # gate activations, which backward needs
+        acts = input_product(x.reshape(steps * batch, inputs), weight_ih, bias)
+        acts = acts.view(steps, batch, 4 * hidden)
+        if extra is not None:
+            acts += extra
+        hs = x.new_empty(steps + 1, batch, hidden)
+        cs = x.new_empty(steps + 1, batch, hidden)
         hs[0], cs[0] = h0, c0
         mean_product = step_product(weight, batch)
-        noise_product = step_product(delta, batch) if delta is not None else None
+        noise_product = None
+        if unit is not None:  # ΔŴ lives until its product is set up (oneDNN copies it)
+            delta = torch.mul(weight, unit, out=scratch("delta", weight))
+            noise_product = step_product(delta, batch)
         for t in range(steps):
             u = hs[t] if mask is None else hs[t] * mask
-            gates = mean_product(u, base=gates_x[t], out=acts[t])
+            gates = mean_product(u, base=acts[t], out=acts[t])
             if noise_product is not None:
                 gates.addcmul_(noise_product(u * in_signs), out_signs)
             _activate(gates, hidden)
             i, f, g, o = gates.chunk(4, dim=1)
             c = torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
             torch.mul(o, c.tanh(), out=hs[t + 1])
-        ctx.save_for_backward(acts, hs, cs, weight, delta, out_signs, in_signs, mask)
+        ctx.save_for_backward(x, weight_ih, acts, hs, cs, weight, unit, out_signs, in_signs, mask)
         outputs = hs[1:]
         return outputs, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     def backward(ctx, grad_outputs, grad_h, grad_c):
-        acts, hs, cs, weight, delta, out_signs, in_signs, mask = ctx.saved_tensors
+        x, weight_ih, acts, hs, cs, weight, unit, out_signs, in_signs, mask = ctx.saved_tensors
+        needs = ctx.needs_input_grad
         steps, batch, hidden = grad_outputs.shape
         # Everything that does not depend on the incoming gradient is computed for all steps
         # at once, so the loop below runs a handful of ops per step.
         # Two passes per coefficient: σ' = σ − σ² and tanh' = 1 − tanh², each by one addcmul.
         i, f, g, o = acts.chunk(4, dim=2)
         one = acts.new_ones(())
-        tanh_c = cs[1:].tanh()
-        coef = torch.empty_like(acts).view(steps, batch, 4, hidden)  # ∂a/∂(dc or dh) per gate
+        tanh_c = torch.tanh(cs[1:], out=scratch("cell", cs[1:]))
+        coef = scratch("coef", acts).view(steps, batch, 4, hidden)  # ∂a/∂(dc or dh) per gate
         torch.addcmul(i, i, i, value=-1, out=coef[:, :, 0]).mul_(g)
         torch.addcmul(f, f, f, value=-1, out=coef[:, :, 1]).mul_(cs[:-1])
         torch.addcmul(one, g, g, value=-1, out=coef[:, :, 2]).mul_(i)
@@ -154,12 +201,15 @@ class FlipoutRecurrence(torch.autograd.Function):
 
         prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
         mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
-        noise_product = (step_product(delta.t(), batch, prepacked)
-                         if delta is not None else None)
-        grad_gates = torch.empty_like(acts)
+        noise_product = None
+        if unit is not None:  # g ↦ g ΔŴ, with ΔŴ computed again
+            delta = torch.mul(weight, unit, out=scratch("delta", weight))
+            noise_product = step_product(delta.t(), batch, prepacked)
+        # returned as the gradient of E when that is asked for, else a scratch buffer
+        grad_gates = torch.empty_like(acts) if needs[3] else scratch("gates", acts)
         # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop; it overwrites
         # coef, whose step t is spent before step t writes it
-        signed_grads = coef.view_as(acts) if delta is not None else None
+        signed_grads = coef.view_as(acts) if unit is not None else None
         dh, dc = grad_h.clone(), grad_c.clone()  # autograd materializes unused grads as zeros
         for t in reversed(range(steps)):
             dh += grad_outputs[t]
@@ -174,27 +224,43 @@ class FlipoutRecurrence(torch.autograd.Function):
                 du.addcmul_(noise_product(signed), in_signs)
             dh = du if mask is None else du * mask
 
+        grads = [None] * 11
+        flat_grads = grad_gates.view(steps * batch, -1)
+        if needs[0]:
+            input_grad = step_product(weight_ih.t(), steps * batch, prepacked=False)
+            grads[0] = input_grad(flat_grads).view_as(x)
+        if needs[1]:
+            grads[1] = weight_gradient(grad_gates, x)
+        if needs[2]:
+            grads[2] = flat_grads.sum(0)
+        grads[3] = grad_gates if needs[3] else None
+        grads[4], grads[5] = dh, dc
         # u_t (and u_t ∘ s) of every step, in dc_from_dh's memory, which the loop is done with
         inputs = hs[:-1] if mask is None else torch.mul(hs[:-1], mask, out=dc_from_dh)
-        grad_weight = weight_gradient(grad_gates, inputs)
-        grad_delta = None
-        if delta is not None and ctx.needs_input_grad[4]:
-            grad_delta = weight_gradient(signed_grads,
-                                          torch.mul(inputs, in_signs, out=dc_from_dh))
-        return grad_gates, dh, dc, grad_weight, grad_delta, None, None, None
+        if needs[6]:  # ∂W̄ + U ∘ ∂ΔŴ
+            grads[6] = weight_gradient(grad_gates, inputs)
+            if unit is not None:
+                signed_inputs = torch.mul(inputs, in_signs, out=dc_from_dh)
+                grad_delta = weight_gradient(signed_grads, signed_inputs, out=delta)
+                grads[6].addcmul_(grad_delta, unit)
+        return tuple(grads)
 
 
-def lstm_recurrence(
-    gates_x: Tensor,
+def lstm_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Tensor,
     state: tuple[Tensor, Tensor],
     weight: Tensor,
-    delta: Optional[Tensor] = None,
+    unit: Optional[Tensor] = None,
     out_signs: Optional[Tensor] = None,
     in_signs: Optional[Tensor] = None,
     mask: Optional[Tensor] = None,
+    extra: Optional[Tensor] = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Run the recurrence; returns outputs (T, B, H) and the final (h, c)."""
+    """Run one layer on x (T, B, in); returns outputs (T, B, H) and the final (h, c). With
+    flipout, ``unit`` is the unit noise U of ΔŴ = W̄ ∘ U (`NoiseSample.unit`)."""
     outputs, h, c = FlipoutRecurrence.apply(
-        gates_x, state[0], state[1], weight, delta, out_signs, in_signs, mask
+        x, weight_ih, bias, extra, state[0], state[1], weight, unit, out_signs, in_signs, mask
     )
     return outputs, (h, c)
