@@ -29,8 +29,8 @@ from torch import nn
 
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
-from .nn.recurrence import (PREPACK_BACKWARD_MIN_STEPS, onednn_weight, step_product,
-                            weight_gradient)
+from .nn.recurrence import (PREPACK_BACKWARD_MIN_STEPS, input_product, onednn_weight,
+                            step_product, weight_gradient)
 
 
 @dataclass(frozen=True)
@@ -203,13 +203,13 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
     backward_prepacked = t >= PREPACK_BACKWARD_MIN_STEPS
     forward = step_product(weight, b)
     backward = step_product(weight.t(), b, backward_prepacked)
-    flat_x, flat_g, w_ih = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h)
+    flat_x, flat_g, w_ih, bias = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h), rand(4 * h)
     fused = nn.LSTM(h, h, shape.layers).to(device)
     x = rand(t, b, h)
 
     def flipout_products() -> None:
         for layer in range(shape.layers):
-            flat_x @ w_ih.t()  # input product of all steps
+            input_product(flat_x, w_ih, bias)  # of all steps
             products = [step_product(weight, b), step_product(weight, b)]  # W̄ and ΔŴ
             for _ in range(t):
                 for product in products:
@@ -218,11 +218,10 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
             for _ in range(t):
                 for product in products:
                     product(g)
-            flat_g.t() @ flat_x  # gradient of W_ih (autograd's)
-            for _ in range(2):  # gradients of W̄ and ΔŴ, as the recurrence does them
+            for _ in range(3):  # gradients of W_ih, W̄ and ΔŴ, as the recurrence does them
                 weight_gradient(flat_g.view(t, b, -1), flat_x.view(t, b, -1))
             if layer > 0:  # the stack's input needs no gradient
-                flat_g @ w_ih
+                step_product(w_ih.t(), t * b, prepacked=False)(flat_g)
 
     def fused_stack() -> None:
         y, _ = fused(x)

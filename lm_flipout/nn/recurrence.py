@@ -187,17 +187,18 @@ class FlipoutRecurrence(torch.autograd.Function):
         needs = ctx.needs_input_grad
         steps, batch, hidden = grad_outputs.shape
         # Everything that does not depend on the incoming gradient is computed for all steps
-        # at once, so the loop below runs a handful of ops per step.
-        # Two passes per coefficient: σ' = σ − σ² and tanh' = 1 − tanh², each by one addcmul.
+        # at once, so the loop below runs a handful of ops per step. One pass per coefficient:
+        # sigmoid_backward(y, σ) = y σ (1 − σ) and tanh_backward(y, τ) = y (1 − τ²).
         i, f, g, o = acts.chunk(4, dim=2)
-        one = acts.new_ones(())
         tanh_c = torch.tanh(cs[1:], out=scratch("cell", cs[1:]))
         coef = scratch("coef", acts).view(steps, batch, 4, hidden)  # ∂a/∂(dc or dh) per gate
-        torch.addcmul(i, i, i, value=-1, out=coef[:, :, 0]).mul_(g)
-        torch.addcmul(f, f, f, value=-1, out=coef[:, :, 1]).mul_(cs[:-1])
-        torch.addcmul(one, g, g, value=-1, out=coef[:, :, 2]).mul_(i)
-        torch.addcmul(o, o, o, value=-1, out=coef[:, :, 3]).mul_(tanh_c)
-        dc_from_dh = torch.addcmul(one, tanh_c, tanh_c, value=-1, out=tanh_c).mul_(o)
+        sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+        tanh_backward = torch.ops.aten.tanh_backward.grad_input
+        sigmoid_backward(g, i, grad_input=coef[:, :, 0])
+        sigmoid_backward(cs[:-1], f, grad_input=coef[:, :, 1])
+        tanh_backward(i, g, grad_input=coef[:, :, 2])
+        sigmoid_backward(tanh_c, o, grad_input=coef[:, :, 3])
+        dc_from_dh = tanh_backward(o, tanh_c, grad_input=tanh_c)
 
         prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
         mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
