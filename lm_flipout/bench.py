@@ -30,7 +30,7 @@ from torch import nn
 from .model import LanguageModel, ModelConfig, NoiseConfig
 from .nn import LSTM
 from .nn.recurrence import (PREPACK_BACKWARD_MIN_STEPS, input_product, onednn_weight,
-                            step_product, weight_gradient)
+                            step_product, transposed_gates, weight_gradient)
 
 
 @dataclass(frozen=True)
@@ -218,8 +218,11 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
             for _ in range(t):
                 for product in products:
                     product(g)
-            for _ in range(3):  # gradients of W_ih, W̄ and ΔŴ, as the recurrence does them
-                weight_gradient(flat_g.view(t, b, -1), flat_x.view(t, b, -1))
+            grads, inputs = flat_g.view(t, b, -1), flat_x.view(t, b, -1)
+            grads_t = transposed_gates(grads, inputs)  # gradients as the recurrence does them:
+            for _ in range(2):  # W_ih and W̄
+                weight_gradient(grads, inputs, grads_t=grads_t)
+            weight_gradient(grads, inputs)  # ΔŴ
             if layer > 0:  # the stack's input needs no gradient
                 step_product(w_ih.t(), t * b, prepacked=False)(flat_g)
 

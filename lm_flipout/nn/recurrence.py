@@ -127,13 +127,29 @@ def _activate(gates: Tensor, hidden: int) -> Tensor:
     return gates
 
 
-def weight_gradient(grad_gates: Tensor, inputs: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """Σ_t ∂a_tᵀ u_t over all steps, (4H, in), as one product (written into the memory of
-    ``out`` when given). On the CPUs measured (docs/benchmarks.md) MKL runs it as (uᵀ ∂a)ᵀ
-    1.15-1.45x faster than as ∂aᵀ u when the input size is not a multiple of 8 (650, 1500)
-    and 5-15% slower when it is (400, 800, 1000)."""
+def transposed_gates(grad_gates: Tensor, inputs: Tensor) -> Optional[Tensor]:
+    """∂a of all steps as a (4H, T·B) copy (a scratch buffer) for `weight_gradient`, where
+    oneDNN's linear can take ``inputs`` transposed as its weight; else None."""
+    steps, batch, size = inputs.shape
+    if onednn_weight(inputs.reshape(steps * batch, size).t(), 1, prepacked=False) is None:
+        return None
+    flat_grads = grad_gates.reshape(steps * batch, -1)
+    return scratch("gates_t", flat_grads.t()).copy_(flat_grads.t())
+
+
+def weight_gradient(grad_gates: Tensor, inputs: Tensor, out: Optional[Tensor] = None,
+                    grads_t: Optional[Tensor] = None) -> Tensor:
+    """Σ_t ∂a_tᵀ u_t over all steps, (4H, in), as one product. With ``grads_t`` (from
+    `transposed_gates`) oneDNN's linear computes it in the parameter's own layout, about 13%
+    faster than MKL and with nothing for autograd to copy into place; that pays once the copy
+    serves two gradients. Otherwise MKL, into the memory of ``out`` when given: on the CPUs
+    measured (docs/benchmarks.md) it runs the product as (uᵀ ∂a)ᵀ 1.15-1.45x faster than as
+    ∂aᵀ u when the input size is not a multiple of 8 (650, 1500) and 5-15% slower when it is
+    (400, 800, 1000)."""
     steps, batch, size = inputs.shape
     flat_inputs = inputs.reshape(steps * batch, size)
+    if grads_t is not None:
+        return _onednn_linear(grads_t, flat_inputs.t())
     flat_grads = grad_gates.reshape(steps * batch, -1)
     if size % 8:
         result = None if out is None else out.view(size, -1)
@@ -230,8 +246,10 @@ class FlipoutRecurrence(torch.autograd.Function):
         if needs[0]:
             input_grad = step_product(weight_ih.t(), steps * batch, prepacked=False)
             grads[0] = input_grad(flat_grads).view_as(x)
+        # ∂a transposed once for the gradients of W_ih and W̄
+        grads_t = transposed_gates(grad_gates, x) if needs[1] and needs[6] else None
         if needs[1]:
-            grads[1] = weight_gradient(grad_gates, x)
+            grads[1] = weight_gradient(grad_gates, x, grads_t=grads_t)
         if needs[2]:
             grads[2] = flat_grads.sum(0)
         grads[3] = grad_gates if needs[3] else None
@@ -239,7 +257,7 @@ class FlipoutRecurrence(torch.autograd.Function):
         # u_t (and u_t ∘ s) of every step, in dc_from_dh's memory, which the loop is done with
         inputs = hs[:-1] if mask is None else torch.mul(hs[:-1], mask, out=dc_from_dh)
         if needs[6]:  # ∂W̄ + U ∘ ∂ΔŴ
-            grads[6] = weight_gradient(grad_gates, inputs)
+            grads[6] = weight_gradient(grad_gates, inputs, grads_t=grads_t)
             if unit is not None:
                 signed_inputs = torch.mul(inputs, in_signs, out=dc_from_dh)
                 grad_delta = weight_gradient(signed_grads, signed_inputs, out=delta)
