@@ -13,8 +13,9 @@ activations, so the step loop allocates nothing of that size. Only the recurrent
 run step by step. The backward pass keeps per-step work to the two products that carry
 ∂h_{t-1}; the input gradient and the weight gradients of W_ih, W̄ and ΔŴ are one matmul
 each over all stacked steps, and ``u ∘ s`` is recomputed from the stored outputs and the
-sign vectors instead of being stored. On CPU the backward's step-sized buffers are reused
-from call to call (`scratch`): touching fresh pages costs as much as the work on them.
+sign vectors instead of being stored. On CPU the large buffers that do not outlive a call
+are reused from call to call (`scratch`): touching fresh pages costs as much as the work on
+them.
 
 On CPU the products use oneDNN's linear (`step_product`; per-step forward products with the
 weight reordered once per call into its blocked layout), which runs the small (batch ×
@@ -181,7 +182,7 @@ class FlipoutRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         mean_product = step_product(weight, batch)
         noise_product = None
-        if unit is not None:  # ΔŴ lives until its product is set up (oneDNN copies it)
+        if unit is not None:  # ΔŴ is needed during this call only: backward forms it again
             delta = torch.mul(weight, unit, out=scratch("delta", weight))
             noise_product = step_product(delta, batch)
         for t in range(steps):
