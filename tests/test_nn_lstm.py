@@ -323,6 +323,44 @@ def test_layer_gradients_survive_the_next_call():
         assert torch.equal(a, b)
 
 
+def test_flipout_layer_trains_after_a_call_under_inference_mode():
+    """Scratch buffers are not made under inference mode, where they would be inference
+    tensors that a later training call could not write. Runs in a fresh thread, whose
+    scratch buffers (kept per thread) do not exist yet."""
+    import threading
+
+    from lm_flipout.nn.recurrence import lstm_layer
+
+    torch.manual_seed(5)
+    x, weight_ih, bias = torch.randn(4, 3, 5), torch.randn(8, 5), torch.randn(8)
+    weight, unit = torch.randn(8, 2, requires_grad=True), torch.randn(8, 2)
+    out_signs, in_signs = torch.ones(3, 8), -torch.ones(3, 2)
+    state = (torch.zeros(3, 2), torch.zeros(3, 2))
+    results = {}
+
+    def run() -> torch.Tensor:
+        return lstm_layer(x, weight_ih, bias, state, weight, unit, out_signs, in_signs)[0]
+
+    def inference_then_training() -> None:
+        try:
+            with torch.inference_mode():
+                results["inference"] = run().clone()
+            y = run()
+            y.sum().backward()
+            results["training"] = y.detach()
+        except RuntimeError as error:
+            results["error"] = error
+
+    thread = threading.Thread(target=inference_then_training)
+    thread.start()
+    thread.join()
+    assert "error" not in results, results.get("error")
+    torch.testing.assert_close(results["training"], results["inference"])
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unit noise U takes no gradient"):
+        lstm_layer(x, weight_ih, bias, state, weight, unit.requires_grad_(True))
+
+
 @pytest.mark.parametrize("prepacked", [True, False], ids=["prepacked", "view"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
 def test_step_product_uses_onednn_on_cpu_and_equals_mm(prepacked, transposed):

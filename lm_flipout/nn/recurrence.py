@@ -109,9 +109,10 @@ _SCRATCH = threading.local()
 def scratch(name: str, like: Tensor) -> Tensor:
     """An uninitialized tensor shaped like ``like``. On CPU it is a view of a buffer that this
     thread keeps under ``name`` for the next call (grown when too small); elsewhere it is
-    fresh, since CUDA's caching allocator already reuses memory. Only for tensors that do
-    not outlive the call that asks for them."""
-    if like.device.type != "cpu":
+    fresh, since CUDA's caching allocator already reuses memory, and so it is under
+    ``torch.inference_mode`` (a buffer made there could not be written outside it). Only for
+    tensors that do not outlive the call that asks for them."""
+    if like.device.type != "cpu" or torch.is_inference_mode_enabled():
         return torch.empty_like(like)
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     buffer = buffers.get(name)
@@ -279,7 +280,11 @@ def lstm_layer(
     extra: Optional[Tensor] = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Run one layer on x (T, B, in); returns outputs (T, B, H) and the final (h, c). With
-    flipout, ``unit`` is the unit noise U of ΔŴ = W̄ ∘ U (`NoiseSample.unit`)."""
+    flipout, ``unit`` is the unit noise U of ΔŴ = W̄ ∘ U (`NoiseSample.unit`), which takes no
+    gradient."""
+    if unit is not None and unit.requires_grad:
+        raise ValueError("lstm_layer: the unit noise U takes no gradient here (ΔŴ = W̄ ∘ U "
+                         "passes its gradient to W̄ only); pass unit.detach().")
     outputs, h, c = FlipoutRecurrence.apply(
         x, weight_ih, bias, extra, state[0], state[1], weight, unit, out_signs, in_signs, mask
     )
