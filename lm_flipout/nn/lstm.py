@@ -41,16 +41,23 @@ def per_sequence_term(x: Tensor, weight: Tensor, sample: NoiseSample) -> Tensor:
     return F.linear(x * sample.in_signs, sample.delta(weight)) * sample.out_signs
 
 
+def batch_weight(weight: Tensor, sample: Optional[NoiseSample]) -> Tensor:
+    """The weight every sequence of the batch shares: W̄ + ΔW for a shared sample, else W̄
+    (no noise, or noise that is per sequence and applied on top)."""
+    if sample is not None and sample.shared:
+        return weight + sample.delta(weight)
+    return weight
+
+
 def perturbed_linear(
     x: Tensor, weight: Tensor, sample: Optional[NoiseSample], bias: Optional[Tensor] = None
 ) -> Tensor:
     """``x Wᵀ (+ bias)`` for x (..., B, in) under the sample's estimator (flipout: paper
     eq. 5); the bias goes into the same product (one pass over the output, not two)."""
-    if sample is None:
-        return F.linear(x, weight, bias)
-    if sample.shared:
-        return F.linear(x, weight + sample.delta(weight), bias)
-    return F.linear(x, weight, bias) + per_sequence_term(x, weight, sample)
+    out = F.linear(x, batch_weight(weight, sample), bias)
+    if sample is None or sample.shared:
+        return out
+    return out + per_sequence_term(x, weight, sample)
 
 
 class LSTMLayer(nn.Module):
@@ -113,29 +120,22 @@ class LSTMLayer(nn.Module):
         if samples.recurrent is not None and samples.recurrent.independent:
             gates_x = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
             return self._independent_recurrence(gates_x, state, samples.recurrent, hidden_mask)
-        weight_ih, extra = self.weight_ih, None
-        if samples.input is not None and samples.input.shared:
-            weight_ih = weight_ih + samples.input.delta(weight_ih)
-        elif samples.input is not None:
-            extra = per_sequence_term(x, weight_ih, samples.input)
-        weight, flipout = self.weight_hh, {}
-        if samples.recurrent is not None and samples.recurrent.shared:
-            weight = weight + samples.recurrent.delta(weight)
-        elif samples.recurrent is not None:  # flipout
+        extra, flipout = None, {}
+        if samples.input is not None and not samples.input.shared:
+            extra = per_sequence_term(x, self.weight_ih, samples.input)
+        if samples.recurrent is not None and not samples.recurrent.shared:  # flipout
             flipout = dict(unit=samples.recurrent.unit,
                            out_signs=samples.recurrent.out_signs,
                            in_signs=samples.recurrent.in_signs)
-        return lstm_layer(x, weight_ih, self.bias, state, weight, mask=hidden_mask, extra=extra,
-                          **flipout)
+        return lstm_layer(x, batch_weight(self.weight_ih, samples.input), self.bias, state,
+                          batch_weight(self.weight_hh, samples.recurrent), mask=hidden_mask,
+                          extra=extra, **flipout)
 
     def _fused_forward(
         self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        weights = {}
-        if samples.input is not None:
-            weights["weight_ih_l0"] = self.weight_ih + samples.input.delta(self.weight_ih)
-        if samples.recurrent is not None:
-            weights["weight_hh_l0"] = self.weight_hh + samples.recurrent.delta(self.weight_hh)
+        weights = {"weight_ih_l0": batch_weight(self.weight_ih, samples.input),
+                   "weight_hh_l0": batch_weight(self.weight_hh, samples.recurrent)}
         h0, c0 = state
         y, (h, c) = functional_call(self.fused, weights, (x, (h0[None], c0[None])), strict=False)
         return y, (h[0], c[0])

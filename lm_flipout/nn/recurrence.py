@@ -159,6 +159,12 @@ def weight_gradient(grad_gates: Tensor, inputs: Tensor, out: Optional[Tensor] = 
     return torch.mm(flat_grads.t(), flat_inputs, out=None if out is None else out.view(-1, size))
 
 
+def _noise_weight(weight: Tensor, unit: Tensor) -> Tensor:
+    """ΔŴ = W̄ ∘ U in a scratch buffer: each of forward and backward forms it for its own use,
+    so autograd never holds it."""
+    return torch.mul(weight, unit, out=scratch("delta", weight))
+
+
 class FlipoutRecurrence(torch.autograd.Function):
     """(x, W_ih, b, E, h0, c0, W̄, U, r, s, m) → (outputs (T, B, H), h_T, c_T).
 
@@ -183,9 +189,8 @@ class FlipoutRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         mean_product = step_product(weight, batch)
         noise_product = None
-        if unit is not None:  # ΔŴ is needed during this call only: backward forms it again
-            delta = torch.mul(weight, unit, out=scratch("delta", weight))
-            noise_product = step_product(delta, batch)
+        if unit is not None:
+            noise_product = step_product(_noise_weight(weight, unit), batch)
         for t in range(steps):
             u = hs[t] if mask is None else hs[t] * mask
             gates = mean_product(u, base=acts[t], out=acts[t])
@@ -221,8 +226,8 @@ class FlipoutRecurrence(torch.autograd.Function):
         prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
         mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
         noise_product = None
-        if unit is not None:  # g ↦ g ΔŴ, with ΔŴ computed again
-            delta = torch.mul(weight, unit, out=scratch("delta", weight))
+        if unit is not None:  # g ↦ g ΔŴ
+            delta = _noise_weight(weight, unit)
             noise_product = step_product(delta.t(), batch, prepacked)
         # returned as the gradient of E when that is asked for, else a scratch buffer
         grad_gates = torch.empty_like(acts) if needs[3] else scratch("gates", acts)
