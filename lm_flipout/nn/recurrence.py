@@ -31,6 +31,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import cell_kernels
+
 # Set to False to run every per-step product with torch.mm (the tests compare both).
 USE_ONEDNN = True
 # Whether oneDNN's linear gives the right product, per (prepacked, contiguous weight): probed
@@ -165,6 +167,101 @@ def _noise_weight(weight: Tensor, unit: Tensor) -> Tensor:
     return torch.mul(weight, unit, out=scratch("delta", weight))
 
 
+def _rows(tensor: Optional[Tensor], batch: int) -> Optional[Tensor]:
+    """A per-sequence (B, n) operand as the kernels take it: contiguous, one row per
+    sequence."""
+    return None if tensor is None else tensor.expand(batch, -1).contiguous()
+
+
+def _forward_torch(acts, hs, cs, mean_product, noise_product, out_signs, in_signs, mask):
+    """The forward step loop on PyTorch ops: step t turns ``acts[t]`` (the input term) into
+    the activated gates and writes h_t and c_t into ``hs`` and ``cs``."""
+    hidden = hs.shape[2]
+    for t in range(acts.shape[0]):
+        u = hs[t] if mask is None else hs[t] * mask
+        gates = mean_product(u, base=acts[t], out=acts[t])
+        if noise_product is not None:
+            gates.addcmul_(noise_product(u * in_signs), out_signs)
+        _activate(gates, hidden)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
+        torch.mul(o, c.tanh(), out=hs[t + 1])
+
+
+def _forward_compiled(acts, hs, cs, mean_product, noise_product, out_signs, in_signs, mask):
+    """The same loop with all of a step's elementwise work in one compiled kernel, which
+    also writes the next step's product inputs u and u ∘ s."""
+    batch = hs.shape[1]
+    out_signs, in_signs, mask = (_rows(v, batch) for v in (out_signs, in_signs, mask))
+    u = hs[0] if mask is None else hs[0] * mask
+    u_signed = None if noise_product is None else u * in_signs
+    for t in range(acts.shape[0]):
+        mean = mean_product(u)
+        noise = None if noise_product is None else noise_product(u_signed)
+        cell_kernels.forward_step(acts[t], mean, noise, out_signs, cs[t], cs[t + 1],
+                                  hs[t + 1], mask, None if mask is None else u, in_signs,
+                                  u_signed)
+        if mask is None:
+            u = hs[t + 1]
+
+
+def _backward_torch(grad_outputs, grad_h, grad_c, acts, cs, grad_gates, signed_grads,
+                    mean_product, noise_product, out_signs, in_signs, mask):
+    """The backward step loop on PyTorch ops; writes ∂a_t (and ∂a_t ∘ r) of every step and
+    returns ∂h_0, ∂c_0. Everything that does not depend on the incoming gradient is computed
+    for all steps at once, so the loop runs a handful of ops per step."""
+    steps, batch, hidden = grad_outputs.shape
+    i, f, g, o = acts.chunk(4, dim=2)
+    tanh_c = torch.tanh(cs[1:], out=scratch("cell", cs[1:]))
+    # ∂a/∂(dc or dh) per gate, one pass each: sigmoid_backward(y, σ) = y σ (1 − σ) and
+    # tanh_backward(y, τ) = y (1 − τ²). Step t of signed_grads overwrites it once spent.
+    coef = (scratch("signed", acts) if signed_grads is None else signed_grads)
+    coef = coef.view(steps, batch, 4, hidden)
+    sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+    tanh_backward = torch.ops.aten.tanh_backward.grad_input
+    sigmoid_backward(g, i, grad_input=coef[:, :, 0])
+    sigmoid_backward(cs[:-1], f, grad_input=coef[:, :, 1])
+    tanh_backward(i, g, grad_input=coef[:, :, 2])
+    sigmoid_backward(tanh_c, o, grad_input=coef[:, :, 3])
+    dc_from_dh = tanh_backward(o, tanh_c, grad_input=tanh_c)
+    dh, dc = grad_h.clone(), grad_c.clone()
+    for t in reversed(range(steps)):
+        dh += grad_outputs[t]
+        dc.addcmul_(dh, dc_from_dh[t])
+        gates_t = grad_gates[t].view(batch, 4, hidden)
+        torch.mul(coef[t, :, :3], dc.unsqueeze(1), out=gates_t[:, :3])
+        torch.mul(coef[t, :, 3], dh, out=gates_t[:, 3])
+        dc = dc * f[t]
+        du = mean_product(grad_gates[t])
+        if noise_product is not None:
+            signed = torch.mul(grad_gates[t], out_signs, out=signed_grads[t])
+            du.addcmul_(noise_product(signed), in_signs)
+        dh = du if mask is None else du * mask
+    return dh, dc
+
+
+def _backward_compiled(grad_outputs, grad_h, grad_c, acts, cs, grad_gates, signed_grads,
+                       mean_product, noise_product, out_signs, in_signs, mask):
+    """The same loop with all of a step's elementwise work, gate coefficients included, in
+    one compiled kernel."""
+    steps, batch, _ = grad_outputs.shape
+    out_signs, in_signs, mask = (_rows(v, batch) for v in (out_signs, in_signs, mask))
+    grad_outputs = grad_outputs.contiguous()
+    dc = grad_c.clone(memory_format=torch.contiguous_format)  # the kernels update it in place
+    # ∂h_t = ∂y_t + (carried + carried_noise ∘ s) ∘ mask, from the products of step t + 1
+    carried, carried_noise, carry_mask = grad_h.contiguous(), None, None
+    for t in reversed(range(steps)):
+        signed = None if signed_grads is None else signed_grads[t]
+        cell_kernels.backward_step(acts[t], cs[t], cs[t + 1], grad_outputs[t], carried,
+                                   carried_noise, in_signs, carry_mask, dc, grad_gates[t],
+                                   out_signs, signed)
+        carried = mean_product(grad_gates[t])
+        carried_noise = None if noise_product is None else noise_product(signed)
+        carry_mask = mask
+    dh = carried if carried_noise is None else carried.addcmul_(carried_noise, in_signs)
+    return (dh if mask is None else dh * mask), dc
+
+
 class FlipoutRecurrence(torch.autograd.Function):
     """(x, W_ih, b, E, h0, c0, W̄, U, r, s, m) → (outputs (T, B, H), h_T, c_T).
 
@@ -191,15 +288,8 @@ class FlipoutRecurrence(torch.autograd.Function):
         noise_product = None
         if unit is not None:
             noise_product = step_product(_noise_weight(weight, unit), batch)
-        for t in range(steps):
-            u = hs[t] if mask is None else hs[t] * mask
-            gates = mean_product(u, base=acts[t], out=acts[t])
-            if noise_product is not None:
-                gates.addcmul_(noise_product(u * in_signs), out_signs)
-            _activate(gates, hidden)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
-            torch.mul(o, c.tanh(), out=hs[t + 1])
+        step_loop = _forward_compiled if cell_kernels.available(x) else _forward_torch
+        step_loop(acts, hs, cs, mean_product, noise_product, out_signs, in_signs, mask)
         ctx.save_for_backward(x, weight_ih, acts, hs, cs, weight, unit, out_signs, in_signs, mask)
         outputs = hs[1:]
         return outputs, hs[steps].clone(), cs[steps].clone()
@@ -209,20 +299,6 @@ class FlipoutRecurrence(torch.autograd.Function):
         x, weight_ih, acts, hs, cs, weight, unit, out_signs, in_signs, mask = ctx.saved_tensors
         needs = ctx.needs_input_grad
         steps, batch, hidden = grad_outputs.shape
-        # Everything that does not depend on the incoming gradient is computed for all steps
-        # at once, so the loop below runs a handful of ops per step. One pass per coefficient:
-        # sigmoid_backward(y, σ) = y σ (1 − σ) and tanh_backward(y, τ) = y (1 − τ²).
-        i, f, g, o = acts.chunk(4, dim=2)
-        tanh_c = torch.tanh(cs[1:], out=scratch("cell", cs[1:]))
-        coef = scratch("coef", acts).view(steps, batch, 4, hidden)  # ∂a/∂(dc or dh) per gate
-        sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
-        tanh_backward = torch.ops.aten.tanh_backward.grad_input
-        sigmoid_backward(g, i, grad_input=coef[:, :, 0])
-        sigmoid_backward(cs[:-1], f, grad_input=coef[:, :, 1])
-        tanh_backward(i, g, grad_input=coef[:, :, 2])
-        sigmoid_backward(tanh_c, o, grad_input=coef[:, :, 3])
-        dc_from_dh = tanh_backward(o, tanh_c, grad_input=tanh_c)
-
         prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
         mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
         noise_product = None
@@ -231,42 +307,33 @@ class FlipoutRecurrence(torch.autograd.Function):
             noise_product = step_product(delta.t(), batch, prepacked)
         # returned as the gradient of E when that is asked for, else a scratch buffer
         grad_gates = torch.empty_like(acts) if needs[3] else scratch("gates", acts)
-        # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop; it overwrites
-        # coef, whose step t is spent before step t writes it
-        signed_grads = coef.view_as(acts) if unit is not None else None
-        dh, dc = grad_h.clone(), grad_c.clone()  # autograd materializes unused grads as zeros
-        for t in reversed(range(steps)):
-            dh += grad_outputs[t]
-            dc.addcmul_(dh, dc_from_dh[t])
-            gates_t = grad_gates[t].view(batch, 4, hidden)
-            torch.mul(coef[t, :, :3], dc.unsqueeze(1), out=gates_t[:, :3])
-            torch.mul(coef[t, :, 3], dh, out=gates_t[:, 3])
-            dc = dc * f[t]
-            du = mean_product(grad_gates[t])
-            if noise_product is not None:
-                signed = torch.mul(grad_gates[t], out_signs, out=signed_grads[t])
-                du.addcmul_(noise_product(signed), in_signs)
-            dh = du if mask is None else du * mask
+        # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop
+        signed_grads = scratch("signed", acts) if unit is not None else None
+        step_loop = _backward_compiled if cell_kernels.available(acts) else _backward_torch
+        dh, dc = step_loop(grad_outputs, grad_h, grad_c, acts, cs, grad_gates, signed_grads,
+                           mean_product, noise_product, out_signs, in_signs, mask)
+        # ∂a transposed once for the gradients of W_ih and W̄ through oneDNN
+        grads_t = transposed_gates(grad_gates, x) if needs[1] and needs[6] else None
 
         grads = [None] * 11
         flat_grads = grad_gates.view(steps * batch, -1)
         if needs[0]:
             input_grad = step_product(weight_ih.t(), steps * batch, prepacked=False)
             grads[0] = input_grad(flat_grads).view_as(x)
-        # ∂a transposed once for the gradients of W_ih and W̄
-        grads_t = transposed_gates(grad_gates, x) if needs[1] and needs[6] else None
         if needs[1]:
             grads[1] = weight_gradient(grad_gates, x, grads_t=grads_t)
         if needs[2]:
             grads[2] = flat_grads.sum(0)
         grads[3] = grad_gates if needs[3] else None
         grads[4], grads[5] = dh, dc
-        # u_t (and u_t ∘ s) of every step, in dc_from_dh's memory, which the loop is done with
-        inputs = hs[:-1] if mask is None else torch.mul(hs[:-1], mask, out=dc_from_dh)
+        # u_t (and then u_t ∘ s) of every step, in one scratch buffer
+        inputs = hs[:-1]
+        if mask is not None:
+            inputs = torch.mul(inputs, mask, out=scratch("cell", inputs))
         if needs[6]:  # ∂W̄ + U ∘ ∂ΔŴ
             grads[6] = weight_gradient(grad_gates, inputs, grads_t=grads_t)
             if unit is not None:
-                signed_inputs = torch.mul(inputs, in_signs, out=dc_from_dh)
+                signed_inputs = torch.mul(inputs, in_signs, out=scratch("cell", hs[:-1]))
                 grad_delta = weight_gradient(signed_grads, signed_inputs, out=delta)
                 grads[6].addcmul_(grad_delta, unit)
         return tuple(grads)
