@@ -85,3 +85,12 @@ def test_a_failing_compiler_warns_once_and_the_layer_runs_on_torch_ops(monkeypat
         h, c = torch.lstm_cell(x_t, (h, c), weight_ih, weight, bias, torch.zeros(8))
         outputs.append(h)
     torch.testing.assert_close(y, torch.stack(outputs), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("tensor", [torch.zeros(2, 3), torch.zeros(4, 2).t(),
+                                    torch.zeros(2, 4, dtype=torch.float64)],
+                         ids=["shape", "strides", "dtype"])
+def test_operands_the_kernels_would_misread_are_refused(tensor):
+    with pytest.raises(RuntimeError, match=r"contiguous float32 CPU tensor of shape \(2, 4\)"):
+        cell_kernels.check((torch.zeros(2, 4), (2, 4)), (tensor, (2, 4)))
+    cell_kernels.check((torch.zeros(2, 4), (2, 4)), (None, (2, 4)))  # absent operands pass

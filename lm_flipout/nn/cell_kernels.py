@@ -43,6 +43,7 @@ _SIZE = ctypes.c_int64
 
 
 def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$LM_FLIPOUT_CACHE``, else the user's cache."""
     if os.environ.get("LM_FLIPOUT_CACHE"):
         return Path(os.environ["LM_FLIPOUT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -50,6 +51,7 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> Optional[str]:
+    """The C compiler to use: ``$CC`` where set and found, else the first of cc, gcc, clang."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return shutil.which(name)
@@ -108,7 +110,7 @@ def _build(compiler: str) -> Path:
                 os.replace(partial, target)
                 return target
             errors = done.stderr.strip()
-        raise RuntimeError(errors[-2000:])
+        raise RuntimeError(f"{compiler} failed: {errors[-500:]}")
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -131,8 +133,9 @@ def library() -> Optional[ctypes.CDLL]:
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             warnings.warn(f"lm_flipout: the compiled LSTM cell kernels are not available "
                           f"({error}); the LSTM layer runs on PyTorch ops instead, a little "
-                          f"slower on CPU. Install a C compiler or set CC to use them, or set "
-                          f"LM_FLIPOUT_COMPILED_CELL=0 to silence this.", stacklevel=3)
+                          f"slower on CPU. Install a C compiler or set CC to use them (and "
+                          f"LM_FLIPOUT_CACHE to a writable folder if {cache_dir()} is not), "
+                          f"or set LM_FLIPOUT_COMPILED_CELL=0 to silence this.", stacklevel=3)
             loaded = None
         _LIBRARY["cell"] = loaded
         return loaded
@@ -144,11 +147,21 @@ def available(like: Tensor) -> bool:
             and library() is not None)
 
 
-def _address(tensor: Optional[Tensor]) -> Optional[int]:
-    if tensor is None:
-        return None
-    assert tensor.is_contiguous() and tensor.dtype == torch.float32, "kernel arguments"
-    return tensor.data_ptr()
+def check(*operands: tuple[Optional[Tensor], tuple[int, ...]]) -> None:
+    """Raise unless every (tensor, shape) pair is a contiguous float32 CPU tensor of that
+    shape (None passes): what the C code takes on trust. The step loops check their
+    buffers once per call, so that every step's slices of them need no check."""
+    for tensor, shape in operands:
+        if tensor is not None and not (
+                tensor.is_contiguous() and tensor.dtype == torch.float32
+                and tensor.device.type == "cpu" and tuple(tensor.shape) == shape):
+            raise RuntimeError(f"cell kernels: expected a contiguous float32 CPU tensor of "
+                               f"shape {shape}, got {tuple(tensor.shape)} {tensor.dtype} on "
+                               f"{tensor.device}; this is a bug in the caller")
+
+
+def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
 
 
 def forward_step(gates: Tensor, mean: Tensor, noise: Optional[Tensor],
@@ -156,9 +169,10 @@ def forward_step(gates: Tensor, mean: Tensor, noise: Optional[Tensor],
                  mask: Optional[Tensor], u: Optional[Tensor], in_signs: Optional[Tensor],
                  u_signed: Optional[Tensor]) -> None:
     """In place: ``gates`` (B, 4H) + ``mean`` + ``noise`` ∘ r activated, c and h of the
-    step, and for the next step's products u = h ∘ mask and u ∘ s (cell_kernels.c)."""
+    step, and for the next step's products u = h ∘ mask and u ∘ s (cell_kernels.c). Every
+    operand must be as `check` demands: (B, 4H) or (B, H)."""
     batch, hidden = c.shape
-    library().lstm_forward_step(batch, hidden, *map(_address, (
+    library().lstm_forward_step(batch, hidden, *map(_pointer, (
         gates, mean, noise, out_signs, c_prev, c, h, mask, u, in_signs, u_signed)))
 
 
@@ -168,8 +182,8 @@ def backward_step(gates: Tensor, c_prev: Tensor, c: Tensor, grad_out: Tensor,
                   grad_gates: Tensor, out_signs: Optional[Tensor],
                   signed_grads: Optional[Tensor]) -> None:
     """One step back: ∂a_t into ``grad_gates`` (and ∂a_t ∘ r into ``signed_grads``), and
-    ``grad_cell`` from ∂c_t to ∂c_{t-1} (cell_kernels.c)."""
+    ``grad_cell`` from ∂c_t to ∂c_{t-1} (cell_kernels.c). Operands as for `forward_step`."""
     batch, hidden = c.shape
-    library().lstm_backward_step(batch, hidden, *map(_address, (
+    library().lstm_backward_step(batch, hidden, *map(_pointer, (
         gates, c_prev, c, grad_out, carried, carried_noise, in_signs, mask, grad_cell,
         grad_gates, out_signs, signed_grads)))

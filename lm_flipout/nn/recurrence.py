@@ -17,6 +17,10 @@ sign vectors instead of being stored. On CPU the large buffers that do not outli
 are reused from call to call (`scratch`): touching fresh pages costs as much as the work on
 them.
 
+Between the products, each step's elementwise work (gates, cell, the sign products for the
+next step; in backward also the gate derivatives) runs in one compiled C kernel on CPU
+(`cell_kernels`), and on PyTorch ops elsewhere or where no C compiler works.
+
 On CPU the products use oneDNN's linear (`step_product`; per-step forward products with the
 weight reordered once per call into its blocked layout), which runs the small (batch ×
 hidden) products up to 2x and the stacked ones 10-15% faster than ``torch.mm`` at hidden
@@ -191,11 +195,14 @@ def _forward_torch(acts, hs, cs, mean_product, noise_product, out_signs, in_sign
 def _forward_compiled(acts, hs, cs, mean_product, noise_product, out_signs, in_signs, mask):
     """The same loop with all of a step's elementwise work in one compiled kernel, which
     also writes the next step's product inputs u and u ∘ s."""
-    batch = hs.shape[1]
+    steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     out_signs, in_signs, mask = (_rows(v, batch) for v in (out_signs, in_signs, mask))
+    cell_kernels.check((acts, (steps, batch, 4 * hidden)), (hs, (steps + 1, batch, hidden)),
+                       (cs, (steps + 1, batch, hidden)), (out_signs, (batch, 4 * hidden)),
+                       (in_signs, (batch, hidden)), (mask, (batch, hidden)))
     u = hs[0] if mask is None else hs[0] * mask
     u_signed = None if noise_product is None else u * in_signs
-    for t in range(acts.shape[0]):
+    for t in range(steps):
         mean = mean_product(u)
         noise = None if noise_product is None else noise_product(u_signed)
         cell_kernels.forward_step(acts[t], mean, noise, out_signs, cs[t], cs[t + 1],
@@ -244,12 +251,18 @@ def _backward_compiled(grad_outputs, grad_h, grad_c, acts, cs, grad_gates, signe
                        mean_product, noise_product, out_signs, in_signs, mask):
     """The same loop with all of a step's elementwise work, gate coefficients included, in
     one compiled kernel."""
-    steps, batch, _ = grad_outputs.shape
+    steps, batch, hidden = grad_outputs.shape
     out_signs, in_signs, mask = (_rows(v, batch) for v in (out_signs, in_signs, mask))
     grad_outputs = grad_outputs.contiguous()
     dc = grad_c.clone(memory_format=torch.contiguous_format)  # the kernels update it in place
     # ∂h_t = ∂y_t + (carried + carried_noise ∘ s) ∘ mask, from the products of step t + 1
     carried, carried_noise, carry_mask = grad_h.contiguous(), None, None
+    gate_sized, hidden_sized = (steps, batch, 4 * hidden), (batch, hidden)
+    cell_kernels.check((acts, gate_sized), (cs, (steps + 1, batch, hidden)),
+                       (grad_outputs, (steps, batch, hidden)), (grad_gates, gate_sized),
+                       (signed_grads, gate_sized), (out_signs, (batch, 4 * hidden)),
+                       (in_signs, hidden_sized), (mask, hidden_sized), (dc, hidden_sized),
+                       (carried, hidden_sized))
     for t in reversed(range(steps)):
         signed = None if signed_grads is None else signed_grads[t]
         cell_kernels.backward_step(acts[t], cs[t], cs[t + 1], grad_outputs[t], carried,
