@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # train.py and evaluate.py are imported by some tests
     sys.path.insert(0, str(REPO))
+
+# The compiled LSTM step kernels are built into a folder of the test session's own (the
+# subprocesses inherit it), not into the user's cache.
+_KERNEL_CACHE = tempfile.TemporaryDirectory(prefix="lm_flipout-kernels-")
+os.environ.setdefault("LM_FLIPOUT_CACHE", _KERNEL_CACHE.name)
 
 # A small language with structure to learn: after a word comes one of two fixed successors.
 WORDS = "the cat sat on a mat and dog ran to big red box".split()

@@ -2,6 +2,8 @@
 PyTorch's, and how they are built, cached and given up on."""
 
 import math
+import os
+import stat
 import warnings
 
 import pytest
@@ -13,8 +15,8 @@ from lm_flipout.nn.recurrence import lstm_layer
 
 @pytest.fixture
 def kernels():
-    if cell_kernels.library() is None:
-        pytest.skip("no C compiler: the compiled kernels are not built here")
+    if not cell_kernels.ENABLED or cell_kernels.library() is None:
+        pytest.skip("the compiled kernels are switched off or not built here (no compiler)")
     return cell_kernels
 
 
@@ -22,7 +24,7 @@ def kernels():
 def fresh_build(monkeypatch, tmp_path):
     """A build state of its own: an empty cache folder and nothing loaded yet."""
     monkeypatch.setenv("LM_FLIPOUT_CACHE", str(tmp_path))
-    monkeypatch.setattr(cell_kernels, "_LIBRARY", {})
+    monkeypatch.setattr(cell_kernels, "_library", cell_kernels._UNTRIED)
     return tmp_path
 
 
@@ -56,19 +58,31 @@ def test_step_activations_match_torch_from_tiny_to_overflowing_inputs(kernels):
     assert gates.isnan().any()  # NaN gates come out NaN, not clamped to a number
 
 
-def test_cell_kernels_are_cached_per_source_and_cpu(kernels, fresh_build):
-    assert kernels.library() is not None
+def test_a_built_library_is_shared_and_reused_from_the_cache(kernels, fresh_build):
+    umask = os.umask(0o022)
+    try:
+        assert kernels.library() is not None
+    finally:
+        os.umask(umask)
     built = sorted(fresh_build.iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # no partial file left behind
+    assert stat.S_IMODE(built[0].stat().st_mode) == 0o755  # other users may load it
     stamp = built[0].stat().st_mtime_ns
-    cell_kernels._LIBRARY.clear()
+    cell_kernels._library = cell_kernels._UNTRIED
     assert kernels.library() is not None
     assert sorted(fresh_build.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
 
 
+def test_a_broken_cache_entry_is_rebuilt(kernels, fresh_build):
+    target = cell_kernels._cache_path(cell_kernels._compiler())
+    target.write_bytes(b"not a library")  # e.g. left by a full disk
+    assert kernels.library() is not None
+    assert target.stat().st_size > 1000
+
+
 def test_a_failing_compiler_warns_once_and_the_layer_runs_on_torch_ops(monkeypatch, fresh_build):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    with pytest.warns(UserWarning, match="compiled LSTM cell kernels are not available"):
+    with pytest.warns(UserWarning, match="compiled LSTM step kernels are not available"):
         assert cell_kernels.library() is None
     assert list(fresh_build.iterdir()) == []
     torch.manual_seed(3)

@@ -262,14 +262,19 @@ def autograd_flipout_reference(x, weight_ih, bias, extra, h, c, weight, delta, o
                          [(True, False), (True, True), (False, False)],
                          ids=["onednn", "onednn-prepacked-backward", "mm"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled-cell", "torch-cell"])
+@pytest.mark.parametrize("flipout, masked", [(True, True), (False, True), (True, False),
+                                             (False, False)],
+                         ids=["flipout-masked", "masked", "flipout", "plain"])
 # sizes off and on multiples of 8: both weight-gradient orientations; a batch large enough
 # for the compiled kernels to split a step across threads
 @pytest.mark.parametrize("batch, inputs, hidden", [(5, 3, 6), (8, 64, 64), (300, 5, 64)])
 def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, backward_prepacked,
-                                                          compiled, batch, inputs, hidden):
+                                                          compiled, flipout, masked, batch,
+                                                          inputs, hidden):
     """Every way of running the products: oneDNN (backward on the transposed view or on a
     prepacked copy) and torch.mm; the elementwise work on compiled kernels and on PyTorch
-    ops; every input's gradient, the extra input term's included."""
+    ops; with and without flipout noise and a hidden-state mask; every input's gradient,
+    the extra input term's included."""
     from lm_flipout.nn import cell_kernels, recurrence
     from lm_flipout.nn.recurrence import lstm_layer
 
@@ -291,8 +296,13 @@ def test_hand_written_backward_matches_autograd_reference(monkeypatch, onednn, b
     in_signs = torch.randint(0, 2, (batch, hidden)).float() * 2 - 1
     mask = (torch.rand(batch, hidden) > 0.3).float() / 0.7
     x, weight_ih, bias, extra, h0, c0, weight = leaves
-    y, (h, c) = lstm_layer(x, weight_ih, bias, (h0, c0), weight, unit, out_signs, in_signs,
-                           mask, extra)
+    noise = (unit, out_signs, in_signs) if flipout else (None, None, None)
+    y, (h, c) = lstm_layer(x, weight_ih, bias, (h0, c0), weight, *noise,
+                           mask if masked else None, extra)
+    if not flipout:  # the reference with ΔŴ = 0 and no mask is the plain LSTM
+        unit = torch.zeros_like(unit)
+    if not masked:
+        mask = torch.ones_like(mask)
     ry, rh, rc = autograd_flipout_reference(x, weight_ih, bias, extra, h0, c0, weight,
                                             weight * unit, out_signs, in_signs, mask)
     for a, b in ((y, ry), (h, rh), (c, rc)):
@@ -382,3 +392,38 @@ def test_step_product_uses_onednn_on_cpu_and_equals_mm(prepacked, transposed):
     if torch.backends.mkldnn.is_available():  # the fast path is really there on CPU
         assert onednn_weight(weight, 5, prepacked) is not None
     assert onednn_weight(weight.double(), 5, prepacked) is None
+
+
+def test_lstm_layer_names_the_argument_that_does_not_fit():
+    """Checked before anything runs: the compiled kernels would otherwise read past a
+    tensor of the wrong size, or a missing sign vector."""
+    from lm_flipout.nn.recurrence import lstm_layer
+
+    x, weight_ih, bias = torch.randn(4, 3, 5), torch.randn(8, 5), torch.randn(8)
+    weight, unit = torch.randn(8, 2), torch.randn(8, 2)
+    state = (torch.zeros(3, 2), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="unit, out_signs and in_signs together"):
+        lstm_layer(x, weight_ih, bias, state, weight, unit, in_signs=torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"weight must have shape \(8, 2\)"):
+        lstm_layer(x, weight_ih, bias, state, torch.randn(7, 2))
+    with pytest.raises(ValueError, match=r"out_signs must have shape \(3, 8\) or \(1, 8\)"):
+        lstm_layer(x, weight_ih, bias, state, weight, unit, torch.ones(3, 7), torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"state\[1\] \(c\) must have shape \(3, 2\)"):
+        lstm_layer(x, weight_ih, bias, (state[0], torch.zeros(2, 2)), weight)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-cell", "torch-cell"])
+def test_a_bool_or_shared_mask_acts_like_its_float_rows(monkeypatch, compiled):
+    from lm_flipout.nn import cell_kernels
+    from lm_flipout.nn.recurrence import lstm_layer
+
+    monkeypatch.setattr(cell_kernels, "ENABLED", compiled)
+    torch.manual_seed(6)
+    x, weight_ih, bias, weight = (torch.randn(4, 3, 5), torch.randn(8, 5), torch.randn(8),
+                                  torch.randn(8, 2))
+    state = (torch.randn(3, 2), torch.randn(3, 2))
+    keep = torch.tensor([[True, False]])
+    expected, _ = lstm_layer(x, weight_ih, bias, state, weight, mask=keep.float().expand(3, 2))
+    for mask in (keep, keep.expand(3, 2), keep.float()):
+        y, _ = lstm_layer(x, weight_ih, bias, state, weight, mask=mask)
+        torch.testing.assert_close(y, expected, atol=1e-6, rtol=0)

@@ -6,9 +6,9 @@ products, and the backward's gate coefficients (computed in the step instead of 
 separate passes over the whole window). The C source is compiled at first use with the
 system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder
 (``$LM_FLIPOUT_CACHE``, else ``$XDG_CACHE_HOME/lm_flipout`` or ``~/.cache/lm_flipout``),
-keyed by the source, the flags and the CPU, and loaded with ctypes. Where no compiler
-works the layer runs on PyTorch ops, a few percent slower, after one warning. Set
-``LM_FLIPOUT_COMPILED_CELL=0`` to turn the kernels off.
+keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. Where
+no compiler works the layer runs on PyTorch ops, about 7% slower at PTB-medium size, after
+one warning. Set ``LM_FLIPOUT_COMPILED_CELL=0`` (read at import) to turn the kernels off.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,11 +33,12 @@ SOURCE = Path(__file__).with_name("cell_kernels.c")
 # -fno-trapping-math lets the exp's clamps vectorize; results are IEEE as without it
 FLAGS = ["-O3", "-std=c11", "-fno-trapping-math", "-shared", "-fPIC"]
 
-# Tests switch this off to compare against the PyTorch ops.
+# Read once, at import. Tests switch it to compare against the PyTorch ops.
 ENABLED = os.environ.get("LM_FLIPOUT_COMPILED_CELL", "1") != "0"
 
 _LOCK = threading.Lock()
-_LIBRARY: dict[str, Optional[ctypes.CDLL]] = {}
+_UNTRIED = object()
+_library: object = _UNTRIED  # then the loaded CDLL, or None where it cannot be built
 
 _POINTER = ctypes.c_void_p
 _SIZE = ctypes.c_int64
@@ -50,11 +52,12 @@ def cache_dir() -> Path:
     return Path(base) / "lm_flipout"
 
 
-def _compiler() -> Optional[str]:
-    """The C compiler to use: ``$CC`` where set and found, else the first of cc, gcc, clang."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+def _compiler() -> Optional[list[str]]:
+    """The C compiler command: ``$CC`` (which may carry arguments, e.g. ``ccache gcc``)
+    where set and found, else the first of cc, gcc, clang on the PATH."""
+    for command in (shlex.split(os.environ.get("CC", "")), ["cc"], ["gcc"], ["clang"]):
+        if command and shutil.which(command[0]):
+            return [shutil.which(command[0]), *command[1:]]
     return None
 
 
@@ -69,13 +72,15 @@ def _cpu_signature() -> str:
 
 
 def _shares_gomp() -> bool:
-    """Whether PyTorch runs on GNU OpenMP in this process, so that kernels built with
-    -fopenmp use its runtime and threads (a second OpenMP runtime would compete with them
-    for the cores)."""
+    """Whether this process has GNU OpenMP loaded as ``libgomp.so.1`` (PyTorch's Linux
+    wheels do), which a library built with -fopenmp then shares, threads included. Anything
+    else (a renamed libgomp, LLVM's or Intel's OpenMP) would make it load a second runtime
+    that competes for the cores, so the kernels are then built without OpenMP."""
     try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return False
+    return any(line.endswith("/libgomp.so.1") for line in maps)
 
 
 def _flag_sets() -> list[list[str]]:
@@ -87,58 +92,76 @@ def _flag_sets() -> list[list[str]]:
     return [FLAGS + extra for extra in extras]
 
 
-def _build(compiler: str) -> Path:
-    """The compiled library in the cache, compiling it first if it is not there."""
-    source = SOURCE.read_bytes()
-    flag_sets = _flag_sets()
-    key = hashlib.sha256(b"\0".join([source, repr(flag_sets).encode(),
-                                     compiler.encode(), platform.machine().encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"cell_kernels-{key}.so"
-    if target.exists():
-        return target
+def _build(compiler: list[str], target: Path) -> None:
+    """Compile the kernels into ``target`` with the first flag set that works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # a unique name, then an atomic rename: ranks of one job may compile at the same time
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        errors = ""
-        for flags in flag_sets:
-            done = subprocess.run([compiler, *flags, "-o", partial, str(SOURCE)],
+        first_error = ""
+        for flags in _flag_sets():
+            done = subprocess.run([*compiler, *flags, "-o", partial, str(SOURCE)],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(partial, 0o755 & ~umask)  # mkstemp's 0600 would lock out other users
                 os.replace(partial, target)
-                return target
-            errors = done.stderr.strip()
-        raise RuntimeError(f"{compiler} failed: {errors[-500:]}")
+                return
+            first_error = first_error or next(
+                (line for line in done.stderr.splitlines() if "error" in line),
+                f"exit status {done.returncode}")
+        raise RuntimeError(f"{' '.join(compiler)} failed: {first_error.strip()}")
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
 
 
+def _cache_path(compiler: list[str]) -> Path:
+    """The kernels' file in the cache, named by the source, flags, compiler and CPU."""
+    key = hashlib.sha256(b"\0".join(
+        [SOURCE.read_bytes(), repr(_flag_sets()).encode(), " ".join(compiler).encode(),
+         platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
+    return cache_dir() / f"cell_kernels-{key}.so"
+
+
+def _load() -> ctypes.CDLL:
+    """The kernels from the cache, built first where they are not there or do not load."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
+    target = _cache_path(compiler)
+    try:
+        loaded = ctypes.CDLL(str(target))
+    except OSError:  # not built yet, or a broken file: build it (again)
+        _build(compiler, target)
+        loaded = ctypes.CDLL(str(target))
+    loaded.lstm_forward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 11
+    loaded.lstm_backward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 12
+    loaded.lstm_forward_step.restype = loaded.lstm_backward_step.restype = None
+    return loaded
+
+
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernels, or None (after one warning) where they cannot be built."""
+    global _library
+    if _library is not _UNTRIED:
+        return _library
     with _LOCK:
-        if "cell" in _LIBRARY:
-            return _LIBRARY["cell"]
-        compiler = _compiler()
-        loaded = None
-        try:
-            if compiler is None:
-                raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-            loaded = ctypes.CDLL(str(_build(compiler)))
-            loaded.lstm_forward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 11
-            loaded.lstm_backward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 12
-            loaded.lstm_forward_step.restype = loaded.lstm_backward_step.restype = None
-        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            warnings.warn(f"lm_flipout: the compiled LSTM cell kernels are not available "
-                          f"({error}); the LSTM layer runs on PyTorch ops instead, a little "
-                          f"slower on CPU. Install a C compiler or set CC to use them (and "
-                          f"LM_FLIPOUT_CACHE to a writable folder if {cache_dir()} is not), "
-                          f"or set LM_FLIPOUT_COMPILED_CELL=0 to silence this.", stacklevel=3)
-            loaded = None
-        _LIBRARY["cell"] = loaded
-        return loaded
+        if _library is _UNTRIED:
+            try:
+                _library = _load()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                _library = None  # before warning: a warning raised as an error must not retry
+                warnings.warn(
+                    f"lm_flipout: the compiled LSTM step kernels are not available ({error}), "
+                    f"so the LSTM layer runs on PyTorch ops instead, about 7% slower at "
+                    f"PTB-medium size on CPU. To use them, install a C compiler (or point CC "
+                    f"at one) and make sure the cache folder is writable (set "
+                    f"LM_FLIPOUT_CACHE to move it); set LM_FLIPOUT_COMPILED_CELL=0 to run on "
+                    f"PyTorch ops without this warning.", stacklevel=3)
+    return _library
 
 
 def available(like: Tensor) -> bool:
@@ -149,8 +172,9 @@ def available(like: Tensor) -> bool:
 
 def check(*operands: tuple[Optional[Tensor], tuple[int, ...]]) -> None:
     """Raise unless every (tensor, shape) pair is a contiguous float32 CPU tensor of that
-    shape (None passes): what the C code takes on trust. The step loops check their
-    buffers once per call, so that every step's slices of them need no check."""
+    shape (None passes): what the C code takes on trust. The step loops check their buffers
+    once per call and pass slices of them; the other operands are the step products' fresh
+    results, whose shapes follow from the weights that `recurrence.lstm_layer` checks."""
     for tensor, shape in operands:
         if tensor is not None and not (
                 tensor.is_contiguous() and tensor.dtype == torch.float32

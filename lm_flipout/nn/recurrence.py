@@ -172,9 +172,11 @@ def _noise_weight(weight: Tensor, unit: Tensor) -> Tensor:
 
 
 def _rows(tensor: Optional[Tensor], batch: int) -> Optional[Tensor]:
-    """A per-sequence (B, n) operand as the kernels take it: contiguous, one row per
-    sequence."""
-    return None if tensor is None else tensor.expand(batch, -1).contiguous()
+    """A per-sequence (B, n) operand as the kernels take it: contiguous float32, one row per
+    sequence (a bool mask, say, becomes 0/1)."""
+    if tensor is None:
+        return None
+    return tensor.expand(batch, -1).to(torch.float32).contiguous()
 
 
 def _forward_torch(acts, hs, cs, mean_product, noise_product, out_signs, in_signs, mask):
@@ -311,7 +313,7 @@ class FlipoutRecurrence(torch.autograd.Function):
     def backward(ctx, grad_outputs, grad_h, grad_c):
         x, weight_ih, acts, hs, cs, weight, unit, out_signs, in_signs, mask = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        steps, batch, hidden = grad_outputs.shape
+        steps, batch, _ = grad_outputs.shape
         prepacked = steps >= PREPACK_BACKWARD_MIN_STEPS
         mean_product = step_product(weight.t(), batch, prepacked)  # g ↦ g W̄
         noise_product = None
@@ -352,6 +354,37 @@ class FlipoutRecurrence(torch.autograd.Function):
         return tuple(grads)
 
 
+def _check_shapes(x, weight_ih, bias, state, weight, unit, out_signs, in_signs, mask,
+                  extra) -> None:
+    """Raise a ValueError naming the argument whose shape does not fit the others."""
+    if x.dim() != 3:
+        raise ValueError(f"lstm_layer: x must be (steps, batch, inputs), got {tuple(x.shape)}")
+    steps, batch, inputs = x.shape
+    hidden = state[0].shape[-1]
+    per_sequence = (unit, out_signs, in_signs)
+    if any(v is None for v in per_sequence) and any(v is not None for v in per_sequence):
+        raise ValueError("lstm_layer: flipout needs unit, out_signs and in_signs together; "
+                         "pass all three (NoiseSample.unit, .out_signs, .in_signs) or none")
+    expected = {"state[0] (h)": (state[0], (batch, hidden)),
+                "state[1] (c)": (state[1], (batch, hidden)),
+                "weight": (weight, (4 * hidden, hidden)),
+                "weight_ih": (weight_ih, (4 * hidden, inputs)), "bias": (bias, (4 * hidden,)),
+                "unit": (unit, (4 * hidden, hidden)), "extra": (extra, (steps, batch, 4 * hidden))}
+    rows = {"out_signs": (out_signs, 4 * hidden), "in_signs": (in_signs, hidden),
+            "mask": (mask, hidden)}  # one row per sequence, or one row for all
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"lstm_layer: {name} must have shape {shape} for x of shape "
+                             f"{tuple(x.shape)} and hidden size {hidden}, got "
+                             f"{tuple(tensor.shape)}")
+    for name, (tensor, width) in rows.items():
+        if tensor is not None and (tensor.dim() != 2 or tensor.shape[0] not in (1, batch)
+                                   or tensor.shape[1] != width):
+            raise ValueError(f"lstm_layer: {name} must have shape ({batch}, {width}) or "
+                             f"(1, {width}) for a batch of {batch} and hidden size {hidden}, "
+                             f"got {tuple(tensor.shape)}")
+
+
 def lstm_layer(
     x: Tensor,
     weight_ih: Tensor,
@@ -370,6 +403,7 @@ def lstm_layer(
     if unit is not None and unit.requires_grad:
         raise ValueError("lstm_layer: the unit noise U takes no gradient here (ΔŴ = W̄ ∘ U "
                          "passes its gradient to W̄ only); pass unit.detach().")
+    _check_shapes(x, weight_ih, bias, state, weight, unit, out_signs, in_signs, mask, extra)
     outputs, h, c = FlipoutRecurrence.apply(
         x, weight_ih, bias, extra, state[0], state[1], weight, unit, out_signs, in_signs, mask
     )
