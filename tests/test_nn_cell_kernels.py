@@ -74,7 +74,7 @@ def test_a_built_library_is_shared_and_reused_from_the_cache(kernels, fresh_buil
 
 
 def test_a_broken_cache_entry_is_rebuilt(kernels, fresh_build):
-    target = cell_kernels._cache_path(cell_kernels._compiler())
+    target = cell_kernels._cache_path(cell_kernels._compiler(), cell_kernels._flag_sets())
     target.write_bytes(b"not a library")  # e.g. left by a full disk
     assert kernels.library() is not None
     assert target.stat().st_size > 1000

@@ -92,15 +92,15 @@ def _flag_sets() -> list[list[str]]:
     return [FLAGS + extra for extra in extras]
 
 
-def _build(compiler: list[str], target: Path) -> None:
-    """Compile the kernels into ``target`` with the first flag set that works."""
+def _build(compiler: list[str], flag_sets: list[list[str]], target: Path) -> None:
+    """Compile the kernels into ``target`` with the first of ``flag_sets`` that works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # a unique name, then an atomic rename: ranks of one job may compile at the same time
     handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=".so", dir=target.parent)
     os.close(handle)
     try:
         first_error = ""
-        for flags in _flag_sets():
+        for flags in flag_sets:
             done = subprocess.run([*compiler, *flags, "-o", partial, str(SOURCE)],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
@@ -118,10 +118,10 @@ def _build(compiler: list[str], target: Path) -> None:
             os.unlink(partial)
 
 
-def _cache_path(compiler: list[str]) -> Path:
+def _cache_path(compiler: list[str], flag_sets: list[list[str]]) -> Path:
     """The kernels' file in the cache, named by the source, flags, compiler and CPU."""
     key = hashlib.sha256(b"\0".join(
-        [SOURCE.read_bytes(), repr(_flag_sets()).encode(), " ".join(compiler).encode(),
+        [SOURCE.read_bytes(), repr(flag_sets).encode(), " ".join(compiler).encode(),
          platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
     return cache_dir() / f"cell_kernels-{key}.so"
 
@@ -131,11 +131,12 @@ def _load() -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-    target = _cache_path(compiler)
+    flag_sets = _flag_sets()
+    target = _cache_path(compiler, flag_sets)
     try:
         loaded = ctypes.CDLL(str(target))
     except OSError:  # not built yet, or a broken file: build it (again)
-        _build(compiler, target)
+        _build(compiler, flag_sets, target)
         loaded = ctypes.CDLL(str(target))
     loaded.lstm_forward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 11
     loaded.lstm_backward_step.argtypes = [_SIZE, _SIZE] + [_POINTER] * 12
