@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 FORMAT_KEY = "format"
 FORMAT = "lm_flipout/1"
@@ -134,12 +134,6 @@ def _unreadable_message(path: Path, err: Exception) -> str:
         f"{path} is not a PyTorch checkpoint file ({type(err).__name__}: {first_line(err)}). "
         "Pass a last.pt or best.pt written by lm_flipout training."
     )
-
-
-def first_line(err: BaseException, limit: int = 160) -> str:
-    """The first line of an exception message, shortened; for one-paragraph error messages."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def rng_state() -> dict[str, Any]:

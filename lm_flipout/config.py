@@ -22,10 +22,11 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import yaml
 
-from .checkpoint import atomic_write, first_line
+from .atomic import atomic_write
 from .data import DataConfig
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, first_line
 from .model import ModelConfig, NoiseConfig
+from .nn.noise import flipout_asymmetry
 
 T = TypeVar("T")
 
@@ -166,16 +167,11 @@ def validate_noise_config(config: NoiseConfig) -> None:
     """Range checks for ``model.noise:``, including the flipout × DropConnect constraint."""
     _check_range("model.noise.sigma", config.sigma, low=0.0)
     _check_range("model.noise.p", config.p, low=0.0, high=1.0)
-    if config.family == "dropconnect" and config.estimator == "flipout" and config.p != 0.5:
-        # Flipout (Wen et al. 2018, §3) reuses one perturbation ΔŴ with random ±1 signs per
-        # sequence, which leaves its distribution unchanged only if ΔŴ is symmetric around 0.
-        # DropConnect's ΔW = W̄∘(m/(1-p) − 1) is −W̄ or W̄·p/(1−p): symmetric only at p=0.5.
+    problem = flipout_asymmetry(config.family, config.estimator, config.p)
+    if problem:
         raise ConfigError(
             f"model.noise.p={config.p!r} cannot be used with model.noise.family=dropconnect and "
-            "model.noise.estimator=flipout. Flipout flips the signs of one shared perturbation, "
-            "which needs a perturbation symmetric around zero; DropConnect's perturbation "
-            "(-W or W*p/(1-p)) is symmetric only at p=0.5. Set model.noise.p=0.5, or use "
-            "estimator shared or independent for other rates."
+            f"model.noise.estimator=flipout: {problem}"
         )
 
 

@@ -21,3 +21,9 @@ class CheckpointError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (a non-finite loss, an unusable run directory)."""
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception message, shortened; for one-paragraph error messages."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

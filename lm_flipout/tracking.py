@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .checkpoint import first_line
 from .config import Recipe, WandbConfig, from_dict, to_dict
-from .errors import UserError
+from .errors import UserError, first_line
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_id.txt"

@@ -1,4 +1,4 @@
-"""Weight noise as a noise family × an estimator (design.md §2).
+"""Weight noise as a noise family × an estimator.
 
 A perturbed weight is ``W = W̄ + ΔW`` with ``ΔW = W̄ ∘ U`` for a unit-noise tensor ``U``:
 
@@ -53,9 +53,34 @@ class NoiseSample:
         return mean_weight * self.unit
 
 
-def rademacher(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> Tensor:
+def rademacher(
+    shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """Independent ±1 entries with equal probability."""
-    return torch.randint(0, 2, shape, device=device).to(dtype).mul_(2).sub_(1)
+    bits = torch.randint(0, 2, shape, device=device, generator=generator)
+    return bits.to(dtype).mul_(2).sub_(1)
+
+
+def flipout_asymmetry(family: str, estimator: str, p: float) -> Optional[str]:
+    """Why this noise cannot use flipout, or None when it can.
+
+    Flipout (Wen et al. 2018, §3) flips the signs of one shared perturbation ΔŴ per
+    sequence, which leaves its distribution unchanged only if ΔŴ is symmetric around zero.
+    DropConnect's ΔW = W̄∘(m/(1−p) − 1) is −W̄ or W̄·p/(1−p): symmetric only at p = 0.5,
+    where it is W̄ times a random ±1 matrix.
+    """
+    if family == "dropconnect" and estimator == "flipout" and p != 0.5:
+        return (
+            f"flipout with DropConnect needs p=0.5, got p={p!r}. Flipout flips the signs of one "
+            "shared perturbation, which needs a perturbation symmetric around zero; "
+            "DropConnect's perturbation (-W or W*p/(1-p)) is symmetric only at p=0.5. Use "
+            "p=0.5, or estimator shared or independent for other rates."
+        )
+    return None
 
 
 class WeightNoise:
@@ -78,13 +103,9 @@ class WeightNoise:
             raise ValueError(f"WeightNoise: sigma={sigma!r} must be a finite number >= 0.")
         if not (isinstance(p, (int, float)) and 0 <= p < 1):
             raise ValueError(f"WeightNoise: p={p!r} must lie in [0, 1) (the DropConnect drop rate).")
-        if family == "dropconnect" and estimator == "flipout" and p != 0.5:
-            raise ValueError(
-                f"WeightNoise: flipout with DropConnect needs p=0.5, got p={p!r}. Flipout assumes "
-                "a perturbation symmetric around zero; DropConnect's perturbation W̄∘(m/(1-p)-1) "
-                "is symmetric only at p=0.5, where it is W̄ times a random ±1 matrix. Use p=0.5, "
-                "or estimator='shared' / 'independent' for other rates."
-            )
+        problem = flipout_asymmetry(family, estimator, p)
+        if problem:
+            raise ValueError(f"WeightNoise: {problem}")
         self.family = family
         self.sigma = float(sigma)
         self.estimator = estimator
@@ -99,16 +120,27 @@ class WeightNoise:
         """True when sequences of a batch see different weights (no fused kernel possible)."""
         return self.estimator != "shared"
 
-    def _unit(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    def _unit(
+        self,
+        shape: tuple[int, ...],
+        device: torch.device,
+        dtype: torch.dtype,
+        generator: Optional[torch.Generator],
+    ) -> Tensor:
         if self.family == "gaussian":
-            return torch.randn(shape, device=device, dtype=dtype).mul_(self.sigma)
-        keep = torch.rand(shape, device=device) >= self.p
+            return torch.randn(shape, device=device, dtype=dtype, generator=generator).mul_(
+                self.sigma
+            )
+        keep = torch.rand(shape, device=device, generator=generator) >= self.p
         return keep.to(dtype).div_(1.0 - self.p).sub_(1.0)
 
-    def sample(self, weight: Tensor, batch_size: int) -> NoiseSample:
-        """Draw the unit noise (and flipout signs) for ``weight`` of shape (out, in)."""
+    def sample(
+        self, weight: Tensor, batch_size: int, generator: Optional[torch.Generator] = None
+    ) -> NoiseSample:
+        """Draw the unit noise (and flipout signs) for ``weight`` of shape (out, in), from
+        ``generator`` when given, else from PyTorch's default generator."""
         out_features, in_features = weight.shape
-        kw = dict(device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=weight.dtype, generator=generator)
         if self.estimator == "independent":
             return NoiseSample(self._unit((batch_size, out_features, in_features), **kw))
         unit = self._unit((out_features, in_features), **kw)
