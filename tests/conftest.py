@@ -1,19 +1,15 @@
-"""Shared helpers for the training and evaluation tests: a tiny hand-made text corpus, tiny
-recipes, and running train.py / evaluate.py as a user would (a subprocess in the repository)."""
+"""Test session set-up and the fixtures several test modules use."""
 
 from __future__ import annotations
 
 import os
-import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
 import torch
-import yaml
+from helpers import quiet_wandb_env
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # train.py and evaluate.py are imported by some tests
@@ -24,94 +20,6 @@ if str(REPO) not in sys.path:  # train.py and evaluate.py are imported by some t
 _KERNEL_CACHE = tempfile.TemporaryDirectory(prefix="lm_flipout-kernels-")
 os.environ.setdefault("LM_FLIPOUT_CACHE", _KERNEL_CACHE.name)
 
-# A small language with structure to learn: after a word comes one of two fixed successors.
-WORDS = "the cat sat on a mat and dog ran to big red box".split()
-
-
-def corpus_lines(n_lines: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n_lines):
-        word = rng.choice(WORDS)
-        line = [word]
-        for _ in range(rng.randint(4, 7)):
-            word = WORDS[(WORDS.index(word) + rng.choice((1, 2))) % len(WORDS)]
-            line.append(word)
-        lines.append(" ".join(line))
-    return lines
-
-
-def write_corpus(directory: Path, train_lines: int = 40, eval_lines: int = 10) -> Path:
-    """train.txt, valid.txt and test.txt of the tiny language in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for i, (name, n) in enumerate((("train", train_lines), ("valid", eval_lines),
-                                   ("test", eval_lines))):
-        (directory / f"{name}.txt").write_text("\n".join(corpus_lines(n, seed=i)) + "\n")
-    return directory
-
-
-def tiny_recipe(root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A character-level recipe small enough to train in a second or two: flipout weight
-    noise, locked dropout and variable BPTT, so resuming has RNG and data positions to
-    restore. ``sections`` update the sections (``train={"epochs": 2}``)."""
-    recipe: dict[str, Any] = {
-        "model": {
-            "embedding_size": 16, "hidden_size": 16, "num_layers": 1, "tie_weights": True,
-            "dropout_input": 0.1, "dropout_output": 0.1,
-            "noise": {"family": "gaussian", "estimator": "flipout", "sigma": 0.2},
-        },
-        "data": {
-            "source": "files", "path": str(root / "corpus"), "tokenizer": "char",
-            "batch_size": 4, "eval_batch_size": 2, "bptt": 8, "variable_bptt": True,
-            "cache_dir": str(root / "cache"),
-        },
-        "optim": {"name": "adam", "lr": 0.01, "clip": 1.0},
-        "train": {"epochs": 3, "seed": 7, "out_dir": str(root / "runs"), "run_name": "run",
-                  "log_every": 5, "checkpoint_every_s": 0},
-        "wandb": {"mode": "disabled"},
-    }
-    for section, values in sections.items():
-        recipe[section].update(values)
-    if not (root / "corpus").exists():
-        write_corpus(root / "corpus")
-    return recipe
-
-
-def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
-def script_env(root: Path) -> dict[str, str]:
-    """Environment for train.py / evaluate.py subprocesses: one thread (tiny models run much
-    faster without thread contention), W&B silent and kept inside ``root``."""
-    env = dict(os.environ)
-    env.pop("WANDB_MODE", None)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_SILENT="true",
-               WANDB_CONSOLE="off", PYTHONUNBUFFERED="1")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        env[name] = str(root / "wandb_home")
-    return env
-
-
-def start_script(script: str, args: list[str], root: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO,
-                            env=script_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def run_script(script: str, args: list[str], root: Path,
-               timeout: Optional[float] = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO,
-                          env=script_env(root), capture_output=True, text=True, timeout=timeout)
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` with its bytes, to show that nothing changed."""
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture
 def one_thread():
@@ -120,3 +28,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B importable, silent, in no mode forced by the environment, with its files under
+    ``tmp_path``."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name, value in quiet_wandb_env(tmp_path).items():
+        monkeypatch.setenv(name, value)

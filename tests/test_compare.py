@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
+from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
 
 from lm_flipout.config import load_recipe, recipe_to_yaml
 from lm_flipout.experiments import compare

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script, script_env, tiny_recipe, write_recipe
+from helpers import REPO, run_script, script_env, tiny_recipe, write_recipe
 
 import train
 from lm_flipout.checkpoint import load_checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from helpers import tiny_recipe
 
 import evaluate
 from lm_flipout.checkpoint import load_checkpoint, save_checkpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from helpers import tiny_recipe
 
 from lm_flipout.checkpoint import load_checkpoint
 from lm_flipout.config import OptimConfig, Recipe, from_dict

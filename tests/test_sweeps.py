@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiny_recipe, write_recipe
+from helpers import REPO, tiny_recipe, write_recipe
 
 import train
 from lm_flipout.config import Recipe, WandbConfig, load_recipe

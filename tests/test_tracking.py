@@ -154,16 +154,6 @@ def item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-@pytest.fixture
-def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / "wandb_home"))
-
-
 def test_offline_run_holds_config_history_and_summary(tmp_path: Path, wandb_env: None) -> None:
     import wandb
 

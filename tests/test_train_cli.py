@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_script, snapshot, start_script, tiny_recipe, write_recipe
+from helpers import run_script, snapshot, start_script, tiny_recipe, write_recipe
 
 import evaluate
 import train

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import snapshot, tiny_recipe, write_recipe
+from helpers import snapshot, tiny_recipe, write_recipe
 
 import train
 from lm_flipout.checkpoint import load_checkpoint, save_checkpoint

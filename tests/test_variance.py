@@ -20,7 +20,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from helpers import tiny_recipe
 
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import UserError
