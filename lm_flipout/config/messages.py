@@ -1,5 +1,6 @@
 """The wording of recipe errors: dotted keys, types in words, values shown with their type,
-and a "Did you mean ...?" for a near miss."""
+and a "Did you mean ...?" for a near miss; plus the tests on type annotations that the
+wording and the converter share."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ def is_union(tp: Any) -> bool:
 
 
 def is_list(tp: Any) -> bool:
+    """True for ``list`` and ``list[X]``."""
     return typing.get_origin(tp) in (list, typing.List) or tp is list
 
 
 def is_dict(tp: Any) -> bool:
+    """True for ``dict`` and ``dict[K, V]``."""
     return typing.get_origin(tp) in (dict, typing.Dict) or tp is dict
 
 
@@ -31,6 +34,7 @@ def join_key(section: str, key: str) -> str:
 
 
 def section_name(section: str) -> str:
+    """How a message names ``section``: "section 'model.noise'", or "the recipe" at the top."""
     return f"section '{section}'" if section else "the recipe"
 
 
