@@ -11,19 +11,34 @@ from typing import Literal, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_range
+from .errors import ConfigError
 from .nn import LSTM, EmbeddingDropout, WeightNoise, activation_dropout
 from .nn.lstm import State
+from .nn.noise import flipout_asymmetry
 
 
 @dataclass
 class NoiseConfig:
-    """Weight noise on the LSTM matrices: a family × an estimator (design.md §2)."""
+    """Weight noise on the LSTM matrices: a family × an estimator (Wen et al. 2018, §3)."""
 
     family: Literal["none", "gaussian", "dropconnect"] = "none"
     estimator: Literal["shared", "flipout", "independent"] = "shared"
     sigma: float = 1.0  # gaussian: W = W̄ ∘ (1 + σE)
     p: float = 0.5  # dropconnect drop rate (flipout needs 0.5)
     target: Literal["recurrent", "input", "both"] = "recurrent"  # which matrices get it
+
+    def validate(self) -> None:
+        """Raise ConfigError naming `model.noise.<key>` for a setting that cannot work,
+        including DropConnect with flipout at p != 0.5 (see `flipout_asymmetry`)."""
+        check_range("model.noise.sigma", self.sigma, low=0.0)
+        check_range("model.noise.p", self.p, low=0.0, high=1.0)
+        problem = flipout_asymmetry(self.family, self.estimator, self.p)
+        if problem:
+            raise ConfigError(
+                f"model.noise.p={self.p!r} cannot be used with model.noise.family=dropconnect and "
+                f"model.noise.estimator=flipout: {problem}"
+            )
 
     def build(self) -> Optional[WeightNoise]:
         if self.family == "none":
@@ -50,6 +65,24 @@ class ModelConfig:
     forget_bias: float = 0.0  # initial forget-gate bias
     orthogonal_init: bool = False  # orthogonal recurrent gate blocks (char-level runs)
     init_range: float = 0.1  # uniform init range of embedding and decoder
+
+    def validate(self) -> None:
+        """Raise ConfigError naming `model.<key>` for the first setting that cannot work
+        (the noise section checks itself)."""
+        for key in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
+            check_range(f"model.{key}", getattr(self, key), low=1)
+        for key in ("input", "between", "output", "hidden", "embedding"):
+            check_range(f"model.dropout_{key}", getattr(self, f"dropout_{key}"), low=0.0, high=1.0)
+        check_range("model.forget_bias", self.forget_bias)
+        check_range("model.init_range", self.init_range, low=0.0, low_open=True)
+        if self.tie_weights and self.num_layers == 1 and self.hidden_size != self.embedding_size:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} would be ignored: with "
+                "model.tie_weights=true the last LSTM layer has model.embedding_size units so "
+                "the decoder can share the embedding, and with model.num_layers=1 that is the "
+                f"only layer. Set model.hidden_size={self.embedding_size}, add layers, or set "
+                "model.tie_weights=false."
+            )
 
 
 class LanguageModel(nn.Module):

@@ -36,7 +36,7 @@ def test_corpus_stats(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (REPO / "lm_flipout" / "config.py").is_file(), reason="lm_flipout.config not written yet"
+    not (REPO / "lm_flipout" / "config").is_dir(), reason="lm_flipout.config not written yet"
 )
 def test_stats_command_end_to_end(tmp_path):
     root = write_corpus(tmp_path / "c")

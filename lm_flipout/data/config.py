@@ -83,9 +83,6 @@ class DataConfig:
     # quick runs that overfit sooner; the vocabulary and the valid/test splits are unchanged.
     train_tokens: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Raise DataError naming `data.<key>` for the first setting that cannot work."""
         _check_choice("source", self.source, ("files", "huggingface", "synthetic"))

@@ -39,7 +39,7 @@ def test_defaults():
 )
 def test_bad_values_name_the_key(kwargs, key):
     with pytest.raises(DataError) as err:
-        DataConfig(**kwargs)
+        DataConfig(**kwargs).validate()
     assert key in str(err.value)
     assert isinstance(err.value, UserError)
 

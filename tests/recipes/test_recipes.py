@@ -14,7 +14,7 @@ from lm_flipout.config import load_recipe, recipe_to_dict
 from lm_flipout.experiments.suite import load_suite, plan_runs
 from lm_flipout.model import LanguageModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO / "recipes"
 SUITES_DIR = RECIPES_DIR / "suites"
 NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps")  # suites, and W&B sweep files

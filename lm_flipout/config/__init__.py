@@ -1,0 +1,26 @@
+"""Typed recipes: the schema (`Recipe` and its sections), conversion from and to plain data,
+``key=value`` overrides, and recipe files."""
+
+from .convert import from_dict, to_dict
+from .overrides import apply_overrides, parse_overrides
+from .recipe_dict import changed_settings, recipe_from_dict, recipe_to_dict
+from .schema import OptimConfig, Recipe, TrainConfig, WandbConfig
+from .yaml_io import load_recipe, read_yaml, recipe_to_yaml, save_recipe
+
+__all__ = [
+    "OptimConfig",
+    "Recipe",
+    "TrainConfig",
+    "WandbConfig",
+    "apply_overrides",
+    "changed_settings",
+    "from_dict",
+    "load_recipe",
+    "parse_overrides",
+    "read_yaml",
+    "recipe_from_dict",
+    "recipe_to_dict",
+    "recipe_to_yaml",
+    "save_recipe",
+    "to_dict",
+]
