@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from lm_flipout.data import sp_tokenizer
+import lm_flipout.data.sp_tokenizer as sp_tokenizer
 from lm_flipout.data.cache import atomic_torch_save, cache_key, load_torch
 from lm_flipout.data.config import DataConfig
 from lm_flipout.data.raw import SPLITS, RawSplit
