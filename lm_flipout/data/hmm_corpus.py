@@ -128,7 +128,6 @@ def write_corpus(
     }
 
 
-
 def main(argv: Union[Sequence[str], None] = None) -> None:
     """`python -m lm_flipout.synthetic DIR`: write the default corpus and print metadata."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

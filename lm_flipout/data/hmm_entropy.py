@@ -42,7 +42,6 @@ class EntropyEstimate:
         return math.exp(self.nats)
 
 
-
 def _token_indices(hmm: HMM, tokens: Iterable[str]) -> np.ndarray:
     index = {token: i for i, token in enumerate(hmm.vocab)}
     if EOL in index:

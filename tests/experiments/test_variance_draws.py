@@ -64,10 +64,10 @@ def closed_form(estimator: str, weight, x, a, n: int) -> float:
 def estimated(estimator: str, repeats: int, sub_batch: int = 16) -> dict[int, float]:
     weight, x, a = linear_problem(max(SIZES))
     gen = torch.Generator().manual_seed(1)
+    gradient = linear_chunk_gradient(weight, x, a)
     draws = torch.stack([
-        nested_mean_gradients(
-            under_noise(linear_chunk_gradient(weight, x, a), DrawNoise(estimator, SIGMA, weight, gen)),
-            SIZES, sub_batch)
+        nested_mean_gradients(under_noise(gradient, DrawNoise(estimator, SIGMA, weight, gen)),
+                              SIZES, sub_batch)
         for _ in range(repeats)
     ])
     return {n: block_variance(draws[:, k]).variance
