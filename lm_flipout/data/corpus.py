@@ -13,10 +13,11 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from lm_flipout.data import sp_tokenizer
+import lm_flipout.data.sp_tokenizer as sp_tokenizer
 from lm_flipout.data.cache import atomic_torch_save, cache_key, load_torch
 from lm_flipout.data.config import DataConfig
-from lm_flipout.data.sources import SPLITS, RawSplit, read_splits
+from lm_flipout.data.raw import SPLITS, RawSplit
+from lm_flipout.data.sources import read_splits
 from lm_flipout.data.text import (
     WORD_BOUNDARY,
     count_chars,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from lm_flipout.data.config import DataConfig, is_packaged_builder
-from lm_flipout.data.sources import SPLITS, RawSplit, digest_of
+from lm_flipout.data.raw import SPLITS, RawSplit, digest_of
 from lm_flipout.errors import DataError
 
 PROBE_TIMEOUT_S = 3.0

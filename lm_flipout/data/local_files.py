@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from lm_flipout.data.config import DataConfig
-from lm_flipout.data.sources import SPLITS, RawSplit, digest_of
+from lm_flipout.data.raw import SPLITS, RawSplit, digest_of
 from lm_flipout.errors import DataError
 
 

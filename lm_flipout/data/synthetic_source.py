@@ -1,5 +1,5 @@
 """``data.source=synthetic``: a corpus sampled from the hidden Markov model of
-`lm_flipout.synthetic`, written once under ``data.cache_dir`` and then read as local files.
+`lm_flipout.data.hmm`, written once under ``data.cache_dir`` and then read as local files.
 
 ``meta.json`` beside the splits is written last and marks a complete corpus; it also holds
 the Bayes-optimal perplexity of each split, the floor no model can beat."""
@@ -10,21 +10,23 @@ import dataclasses
 import json
 from pathlib import Path
 
+from lm_flipout.atomic import atomic_write
 from lm_flipout.data.config import DataConfig
-from lm_flipout.data.sources import RawSplit
+from lm_flipout.data.hmm import HMMSpec
+from lm_flipout.data.hmm_corpus import write_corpus
+from lm_flipout.data.local_files import read_local_splits
+from lm_flipout.data.raw import RawSplit
 
 META = "meta.json"
 
 
 def synthetic_dir(cfg: DataConfig) -> Path:
+    """Where the corpus of ``data.synthetic_seed`` is written."""
     return Path(cfg.cache_dir).expanduser() / f"synthetic-hmm-seed{cfg.synthetic_seed}"
 
 
 def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
     """Generate the corpus if it is not complete yet; return its metadata."""
-    from lm_flipout.checkpoint import atomic_write
-    from lm_flipout.synthetic import HMMSpec, write_corpus
-
     directory = synthetic_dir(cfg)
     meta_path = directory / META
     if meta_path.is_file():
@@ -39,8 +41,7 @@ def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
 
 
 def read_synthetic_splits(cfg: DataConfig) -> dict[str, RawSplit]:
-    from lm_flipout.data.local_files import read_local_splits
-
+    """The corpus's splits (generated on first use), read as local files."""
     ensure_synthetic_corpus(cfg)
     as_files = dataclasses.replace(cfg, source="files", path=str(synthetic_dir(cfg)),
                                    train_file=None, valid_file=None, test_file=None)

@@ -7,7 +7,7 @@ import pytest
 
 from lm_flipout.data import DataConfig, corpus_stats, load_corpus
 
-PTB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptb"
+PTB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb"
 pytestmark = pytest.mark.skipif(not (PTB / "train.txt").is_file(), reason=f"PTB not found at {PTB}")
 
 
