@@ -20,7 +20,7 @@ class DataConfig:
     """Corpus source, tokenizer and batching settings (the recipe's `data:` section)."""
 
     # Where the text comes from: local UTF-8 files, a Hugging Face `datasets` dataset, or
-    # "synthetic": a corpus sampled from a small hidden Markov model (lm_flipout.synthetic)
+    # "synthetic": a corpus sampled from a small hidden Markov model (lm_flipout.data.hmm)
     # whose best achievable perplexity is known; generated once into cache_dir, no network.
     source: Literal["files", "huggingface", "synthetic"] = "files"
     # Directory holding train.txt, valid.txt and test.txt (source=files).

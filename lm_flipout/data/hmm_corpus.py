@@ -4,7 +4,7 @@
 beside the files, the Bayes-optimal perplexity of each split and the process's entropy rate
 (`lm_flipout.data.hmm_entropy`).
 
-Command line: ``python -m lm_flipout.synthetic DIR`` writes train/valid/test.txt to DIR
+Command line: ``python -m lm_flipout.data.hmm_corpus DIR`` writes train/valid/test.txt to DIR
 and prints the metadata (token counts, entropy rate, best perplexity) as JSON.
 """
 
@@ -129,7 +129,7 @@ def write_corpus(
 
 
 def main(argv: Union[Sequence[str], None] = None) -> None:
-    """`python -m lm_flipout.synthetic DIR`: write the default corpus and print metadata."""
+    """`python -m lm_flipout.data.hmm_corpus DIR`: write the default corpus and print metadata."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="where train.txt, valid.txt and test.txt go")
     parser.add_argument("--seed", type=int, default=0)
@@ -141,3 +141,7 @@ def main(argv: Union[Sequence[str], None] = None) -> None:
     metadata.pop("vocab")
     print(json.dumps(metadata, indent=2))
 
+
+
+if __name__ == "__main__":
+    main()
