@@ -4,21 +4,19 @@
 beside the files, the Bayes-optimal perplexity of each split and the process's entropy rate
 (`lm_flipout.data.hmm_entropy`).
 
-Command line: ``python -m lm_flipout.data.hmm_corpus DIR`` writes train/valid/test.txt to DIR
+Command line: ``python -m lm_flipout.data synthetic DIR`` writes train/valid/test.txt to DIR
 and prints the metadata (token counts, entropy rate, best perplexity) as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import json
 import math
 import os
 import zlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Union
 
 import numpy as np
 
@@ -126,22 +124,3 @@ def write_corpus(
         "entropy_rate_bounds": [estimate.lower, estimate.upper],
         "best_perplexity": estimate.perplexity,
     }
-
-
-def main(argv: Union[Sequence[str], None] = None) -> None:
-    """`python -m lm_flipout.data.hmm_corpus DIR`: write the default corpus and print metadata."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", help="where train.txt, valid.txt and test.txt go")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-tokens", type=int, default=DEFAULT_SIZES["train"])
-    parser.add_argument("--eval-tokens", type=int, default=DEFAULT_SIZES["valid"])
-    args = parser.parse_args(argv)
-    sizes = {"train": args.train_tokens, "valid": args.eval_tokens, "test": args.eval_tokens}
-    metadata = write_corpus(HMMSpec(seed=args.seed), args.directory, sizes)
-    metadata.pop("vocab")
-    print(json.dumps(metadata, indent=2))
-
-
-
-if __name__ == "__main__":
-    main()
