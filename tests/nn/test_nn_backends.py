@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_nn import layer_operands
 
-from lm_flipout.nn import LSTM, CpuBackend, ReferenceBackend, WeightNoise, lstm_layer, use_backend
+from lm_flipout.nn import LSTM, CpuBackend, ReferenceBackend, lstm_layer, use_backend
 from lm_flipout.nn.backends import select_backend
 from lm_flipout.nn.backends.cpu import kernels
 from lm_flipout.nn.backends.cpu.products import onednn_weight, step_product
@@ -76,7 +76,7 @@ def test_backend_chosen_by_argument_context_or_tensors():
         select_backend(float32, choice="cuda")
 
 
-def test_a_layer_given_a_backend_runs_every_call_on_it(monkeypatch):
+def test_a_layer_given_a_backend_runs_every_call_on_it():
     """Automatic choice takes the fused torch.nn.LSTM kernel for a clean call; a named
     backend (on the layer or by use_backend) takes the step path."""
     calls = []
