@@ -31,7 +31,8 @@ class CpuBackend(Backend):
         return like.device.type == "cpu" and like.dtype == torch.float32
 
     def run(self, inputs: LayerInputs, options: CellOptions) -> tuple[Tensor, Tensor, Tensor]:
-        return CpuRecurrence.apply(self, options, *inputs.tensors())
+        return CpuRecurrence.apply(self.onednn, self.compiled_kernels,
+                                   self.prepack_backward_min_steps, options, *inputs.tensors())
 
 
 __all__ = ["CpuBackend"]

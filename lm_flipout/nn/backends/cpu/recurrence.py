@@ -13,7 +13,7 @@ outlive a call are reused from call to call (scratch.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -23,9 +23,6 @@ from . import kernels, loops
 from .products import input_product, step_product, transposed_gates, weight_gradient
 from .scratch import scratch
 
-if TYPE_CHECKING:
-    from . import CpuBackend
-
 
 def _noise_weight(weight: Tensor, unit: Tensor) -> Tensor:
     """ΔŴ = W̄ ∘ U in a scratch buffer: each of forward and backward forms it for its own use,
@@ -34,17 +31,16 @@ def _noise_weight(weight: Tensor, unit: Tensor) -> Tensor:
 
 
 class CpuRecurrence(torch.autograd.Function):
-    """(backend, options, x, W_ih, b, h0, c0, W̄, E) → (outputs (T, B, H), h_T, c_T), with the
-    operands of `LayerInputs` and `CellOptions`; ``backend`` (a `CpuBackend`) says which
-    products and step loops run."""
+    """(onednn, compiled, prepack_min_steps, options, x, W_ih, b, h0, c0, W̄, E) → (outputs
+    (T, B, H), h_T, c_T), with the operands of `LayerInputs` and `CellOptions`; the first
+    three are the settings of `CpuBackend`."""
 
     @staticmethod
-    def forward(ctx, backend: "CpuBackend", options: CellOptions, x: Tensor,
-                weight_ih: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, weight: Tensor,
-                extra: Optional[Tensor]):
+    def forward(ctx, onednn: bool, compiled_kernels: bool, prepack_min_steps: int,
+                options: CellOptions, x: Tensor, weight_ih: Tensor, bias: Tensor, h0: Tensor,
+                c0: Tensor, weight: Tensor, extra: Optional[Tensor]):
         steps, batch, inputs = x.shape
         hidden = h0.shape[1]
-        onednn = backend.onednn
         # the input product of every step; each step then overwrites its slice with the
         # gate activations, which backward needs
         acts = input_product(x.reshape(steps * batch, inputs), weight_ih, bias, onednn)
@@ -59,11 +55,11 @@ class CpuRecurrence(torch.autograd.Function):
         if options.flipout:
             noise_product = step_product(_noise_weight(weight, options.unit), batch,
                                          onednn=onednn)
-        compiled = backend.compiled_kernels and kernels.available(x)
+        compiled = compiled_kernels and kernels.available(x)
         step_loop = loops.forward_compiled if compiled else loops.forward_torch
         step_loop(acts, hs, cs, mean_product, noise_product, options.out_signs,
                   options.in_signs, options.hidden_mask)
-        ctx.backend = backend
+        ctx.settings = onednn, compiled_kernels, prepack_min_steps
         ctx.save_for_backward(x, weight_ih, acts, hs, cs, weight, *options.tensors())
         outputs = hs[1:]
         return outputs, hs[steps].clone(), cs[steps].clone()
@@ -73,13 +69,12 @@ class CpuRecurrence(torch.autograd.Function):
         x, weight_ih, acts, hs, cs, weight, *option_tensors = ctx.saved_tensors
         options = CellOptions(*option_tensors)
         unit, out_signs, in_signs, mask = option_tensors
-        backend = ctx.backend
-        onednn = backend.onednn
-        # (backend, options, x, W_ih, b, h0, c0, W̄, E)
-        _, _, need_x, need_weight_ih, need_bias, _, _, need_weight, need_extra = (
-            ctx.needs_input_grad)
+        onednn, compiled_kernels, prepack_min_steps = ctx.settings
+        # (onednn, compiled, prepack_min_steps, options, x, W_ih, b, h0, c0, W̄, E)
+        need_x, need_weight_ih, need_bias, _, _, need_weight, need_extra = (
+            ctx.needs_input_grad[4:])
         steps, batch, _ = grad_outputs.shape
-        prepacked = steps >= backend.prepack_backward_min_steps
+        prepacked = steps >= prepack_min_steps
         mean_product = step_product(weight.t(), batch, prepacked, onednn)  # g ↦ g W̄
         noise_product = None
         if options.flipout:  # g ↦ g ΔŴ
@@ -89,7 +84,7 @@ class CpuRecurrence(torch.autograd.Function):
         grad_gates = torch.empty_like(acts) if need_extra else scratch("gates", acts)
         # ∂a ∘ r of every step, kept for the gradient of ΔŴ after the loop
         signed_grads = scratch("signed", acts) if options.flipout else None
-        compiled = backend.compiled_kernels and kernels.available(acts)
+        compiled = compiled_kernels and kernels.available(acts)
         step_loop = loops.backward_compiled if compiled else loops.backward_torch
         dh, dc = step_loop(grad_outputs, grad_h, grad_c, acts, cs, grad_gates, signed_grads,
                            mean_product, noise_product, out_signs, in_signs, mask)
@@ -116,5 +111,5 @@ class CpuRecurrence(torch.autograd.Function):
                 signed_inputs = torch.mul(inputs, in_signs, out=scratch("cell", hs[:-1]))
                 grad_delta = weight_gradient(signed_grads, signed_inputs, out=delta)
                 grad_weight.addcmul_(grad_delta, unit)
-        return (None, None, grad_x, grad_weight_ih, grad_bias, dh, dc, grad_weight,
+        return (None, None, None, None, grad_x, grad_weight_ih, grad_bias, dh, dc, grad_weight,
                 grad_gates if need_extra else None)
