@@ -61,6 +61,10 @@ class CellOptions(_TensorFields):
     def flipout(self) -> bool:
         return self.unit is not None
 
+    def names(self) -> list[str]:
+        """The options set in this call, by field name."""
+        return [field.name for field in fields(self) if getattr(self, field.name) is not None]
+
 
 class Step(NamedTuple):
     """One step's result: the activated gates (B, 4H) in order i, f, g, o, and h_t, c_t."""

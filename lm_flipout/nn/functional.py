@@ -65,5 +65,5 @@ def lstm_layer(
     _check_shapes(x, weight_ih, bias, state, weight, unit, out_signs, in_signs, mask, extra)
     inputs = LayerInputs(x, weight_ih, bias, state[0], state[1], weight, extra)
     options = CellOptions(unit, out_signs, in_signs, mask)
-    outputs, h, c = select_backend(x, backend).run(inputs, options)
+    outputs, h, c = select_backend(x, options, backend).run(inputs, options)
     return outputs, (h, c)

@@ -15,7 +15,7 @@ term runs ``torch.nn.LSTM``'s fused kernel instead; naming a backend (1 or 2) ru
 backend for every call.
 
 A CUDA backend would plug in the same way: subclass `Backend` with ``name = "cuda"``,
-``supports`` true for CUDA tensors, and ``run`` applying its own autograd Function to the
+``supports`` true for CUDA tensors (and the cell options it implements), and ``run`` applying its own autograd Function to the
 `LayerInputs` and `CellOptions`; then ``register_backend(CudaBackend())``, and test it
 against the reference as tests/nn/test_nn_backends.py does the CPU one.
 """
@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Union
 
 from torch import Tensor
 
+from ..cell import CellOptions
 from .cpu import CpuBackend
 from .interface import Backend
 from .reference import ReferenceBackend
@@ -75,17 +76,20 @@ def requested_backend(choice: BackendChoice = None) -> Optional[Backend]:
     return resolve(choice) or _REQUESTED.get()
 
 
-def select_backend(like: Tensor, choice: BackendChoice = None) -> Backend:
-    """The backend that runs a call whose tensors are like ``like``: the requested one
-    (which must support them), else the first registered that does, else the reference."""
+def select_backend(like: Tensor, options: CellOptions = CellOptions(),
+                   choice: BackendChoice = None) -> Backend:
+    """The backend that runs a call whose tensors are like ``like``, with these cell options:
+    the requested one (which must support them), else the first registered that does, else
+    the reference."""
     backend = requested_backend(choice)
     if backend is not None:
-        if not backend.supports(like):
+        if not backend.supports(like, options):
             raise ValueError(f"backend {backend!r} does not run {like.dtype} tensors on "
-                             f"{like.device}; use 'reference' or automatic choice (None).")
+                             f"{like.device} with {options.names()}; use 'reference' or "
+                             f"automatic choice (None).")
         return backend
     for candidate in _REGISTERED.values():
-        if candidate.supports(like):
+        if candidate.supports(like, options):
             return candidate
     return REFERENCE
 

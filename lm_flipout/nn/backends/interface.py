@@ -23,8 +23,9 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
-    def supports(self, like: Tensor) -> bool:
-        """Whether this backend runs a call whose tensors are like ``like`` (device, dtype)."""
+    def supports(self, like: Tensor, options: CellOptions) -> bool:
+        """Whether this backend runs a call whose tensors are like ``like`` (device, dtype)
+        with these cell options (a backend refuses an option it does not implement yet)."""
 
     @abstractmethod
     def run(self, inputs: LayerInputs, options: CellOptions) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,7 +14,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
-    def supports(self, like: Tensor) -> bool:
+    def supports(self, like: Tensor, options: CellOptions) -> bool:
         return True
 
     def run(self, inputs: LayerInputs, options: CellOptions) -> tuple[Tensor, Tensor, Tensor]:

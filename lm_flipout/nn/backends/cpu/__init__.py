@@ -27,7 +27,7 @@ class CpuBackend(Backend):
     prepack_backward_min_steps: int = PREPACK_BACKWARD_MIN_STEPS
     name = "cpu"
 
-    def supports(self, like: Tensor) -> bool:
+    def supports(self, like: Tensor, options: CellOptions) -> bool:
         return like.device.type == "cpu" and like.dtype == torch.float32
 
     def run(self, inputs: LayerInputs, options: CellOptions) -> tuple[Tensor, Tensor, Tensor]:
