@@ -1,6 +1,6 @@
 """The language model: embedding → perturbed LSTM stack → output dropout → decoder.
 
-Configured by one dataclass; does no I/O and knows nothing about training (style.md).
+Configured by one dataclass; does no I/O and knows nothing about training.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The LSTM stack whose input and recurrent matrices can carry `WeightNoise`.
 
 Gates follow ``torch.nn.LSTM`` (order i, f, g, o; two biases), so weights copy across.
-When no sequence sees its own weights (no noise, or shared noise) the fused
-``torch.nn.LSTM`` kernel runs with the perturbed weights passed in functionally; otherwise
-the recurrence runs step by step, with the input product for all steps done first as one
-matmul (paper-notes §3).
+When no sequence sees its own weights (no noise, or shared noise) and no hidden-state mask
+applies, the fused ``torch.nn.LSTM`` kernel runs with the perturbed weights passed in
+functionally, unless a backend is named (see `lm_flipout.nn.backends`); otherwise the
+recurrence runs step by step on the chosen backend, with the input product for all steps
+done first as one matmul.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .backends import BackendChoice, requested_backend
 from .dropout import LockedDropout, activation_dropout
+from .functional import lstm_layer
+from .independent import independent_recurrence
 from .noise import NoiseSample, WeightNoise
-from .recurrence import lstm_layer
 
 State = tuple[Union[Tensor, list[Tensor]], Union[Tensor, list[Tensor]]]
 
@@ -61,7 +64,8 @@ def perturbed_linear(
 
 
 class LSTMLayer(nn.Module):
-    """One LSTM layer. Parameters live in a one-layer ``nn.LSTM`` used as the fused path."""
+    """One LSTM layer. Parameters live in a one-layer ``nn.LSTM`` used as the fused path;
+    ``backend`` (a name or `Backend`) runs every call on that backend instead of choosing."""
 
     def __init__(
         self,
@@ -70,14 +74,15 @@ class LSTMLayer(nn.Module):
         recurrent_noise: Optional[WeightNoise] = None,
         input_noise: Optional[WeightNoise] = None,
         hidden_dropout: float = 0.0,
+        backend: BackendChoice = None,
     ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
+        self.backend = backend
         self.fused = nn.LSTM(input_size, hidden_size, num_layers=1)
         self.recurrent_noise, self.input_noise = recurrent_noise, input_noise
         self.hidden_dropout = LockedDropout(hidden_dropout)
         self.sample_in_eval = False
-        self.allow_fused = True  # tests switch this off to compare the two paths
 
     @property
     def weight_ih(self) -> Tensor:
@@ -115,11 +120,13 @@ class LSTMLayer(nn.Module):
         )
         per_sequence = any(s is not None and not s.shared
                            for s in (samples.input, samples.recurrent))
-        if self.allow_fused and not per_sequence and hidden_mask is None:
+        backend = requested_backend(self.backend)  # chosen once for the whole call
+        if backend is None and not per_sequence and hidden_mask is None:
             return self._fused_forward(x, state, samples)
         if samples.recurrent is not None and samples.recurrent.independent:
-            gates_x = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
-            return self._independent_recurrence(gates_x, state, samples.recurrent, hidden_mask)
+            input_terms = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
+            return independent_recurrence(input_terms, state, self.weight_hh,
+                                          samples.recurrent, hidden_mask)
         extra, flipout = None, {}
         if samples.input is not None and not samples.input.shared:
             extra = per_sequence_term(x, self.weight_ih, samples.input)
@@ -129,7 +136,7 @@ class LSTMLayer(nn.Module):
                            in_signs=samples.recurrent.in_signs)
         return lstm_layer(x, batch_weight(self.weight_ih, samples.input), self.bias, state,
                           batch_weight(self.weight_hh, samples.recurrent), mask=hidden_mask,
-                          extra=extra, **flipout)
+                          extra=extra, backend=backend, **flipout)
 
     def _fused_forward(
         self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
@@ -140,25 +147,6 @@ class LSTMLayer(nn.Module):
         y, (h, c) = functional_call(self.fused, weights, (x, (h0[None], c0[None])), strict=False)
         return y, (h[0], c[0])
 
-    def _independent_recurrence(
-        self,
-        gates_x: Tensor,
-        state: tuple[Tensor, Tensor],
-        sample: NoiseSample,
-        hidden_mask: Optional[Tensor],
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Per-sequence weights (the exact reference estimator), left to autograd."""
-        h, c = state
-        outputs = []
-        for gates_t in gates_x:
-            h_in = h if hidden_mask is None else h * hidden_mask
-            gates = gates_t + perturbed_linear(h_in, self.weight_hh, sample)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outputs.append(h)
-        return torch.stack(outputs), (h, c)
-
 
 class LSTM(nn.Module):
     """A stack of `LSTMLayer`s with optional weight noise and dropout between layers.
@@ -166,6 +154,7 @@ class LSTM(nn.Module):
     ``y, (h, c) = lstm(x, state)``: x (T, B, input_size), y (T, B, last hidden size),
     h and c (num_layers, B, hidden_size); when the last layer has its own ``output_size``
     (AWD-LSTM style tying) h and c are lists of per-layer (B, size) tensors instead.
+    ``backend`` (a name or `Backend`, see `lm_flipout.nn.backends`) is given to every layer.
     """
 
     def __init__(
@@ -179,6 +168,7 @@ class LSTM(nn.Module):
         between_dropout: float = 0.0,
         dropout_kind: str = "locked",
         output_size: Optional[int] = None,
+        backend: BackendChoice = None,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -194,7 +184,7 @@ class LSTM(nn.Module):
         self.input_size = input_size
         self.sizes = sizes
         self.layers = nn.ModuleList(
-            LSTMLayer(n_in, n_out, recurrent_noise, input_noise, hidden_dropout)
+            LSTMLayer(n_in, n_out, recurrent_noise, input_noise, hidden_dropout, backend)
             for n_in, n_out in zip([input_size] + sizes[:-1], sizes)
         )
         self.between = activation_dropout(dropout_kind, between_dropout)

@@ -1,5 +1,5 @@
-"""The LSTM step's elementwise work as compiled C kernels (cell_kernels.c), for the layer's
-loops on CPU (issue 7, docs/benchmarks.md).
+"""The LSTM step's elementwise work as compiled C kernels (kernels.c), for the CPU backend's
+step loops (docs/benchmarks.md).
 
 One call per step replaces the dozen small PyTorch ops of the gates, cell and sign
 products, and the backward's gate coefficients (computed in the step instead of in
@@ -8,7 +8,8 @@ system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder
 (``$LM_FLIPOUT_CACHE``, else ``$XDG_CACHE_HOME/lm_flipout`` or ``~/.cache/lm_flipout``),
 keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. Where
 no compiler works the layer runs on PyTorch ops, about 7% slower at PTB-medium size, after
-one warning. Set ``LM_FLIPOUT_COMPILED_CELL=0`` (read at import) to turn the kernels off.
+one warning. Set ``LM_FLIPOUT_COMPILED_CELL=0`` to turn the kernels off (read when the
+default CPU backend is made, at import; see `enabled_by_environment`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("cell_kernels.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 # -fno-trapping-math lets the exp's clamps vectorize; results are IEEE as without it
 FLAGS = ["-O3", "-std=c11", "-fno-trapping-math", "-shared", "-fPIC"]
-
-# Read once, at import. Tests switch it to compare against the PyTorch ops.
-ENABLED = os.environ.get("LM_FLIPOUT_COMPILED_CELL", "1") != "0"
 
 _LOCK = threading.Lock()
 _UNTRIED = object()
@@ -42,6 +40,11 @@ _library: object = _UNTRIED  # then the loaded CDLL, or None where it cannot be 
 
 _POINTER = ctypes.c_void_p
 _SIZE = ctypes.c_int64
+
+
+def enabled_by_environment() -> bool:
+    """False where ``LM_FLIPOUT_COMPILED_CELL=0`` turns the kernels off."""
+    return os.environ.get("LM_FLIPOUT_COMPILED_CELL", "1") != "0"
 
 
 def cache_dir() -> Path:
@@ -167,15 +170,15 @@ def library() -> Optional[ctypes.CDLL]:
 
 def available(like: Tensor) -> bool:
     """Whether the kernels serve a layer whose tensors are like ``like``: float32 on CPU."""
-    return (ENABLED and like.device.type == "cpu" and like.dtype == torch.float32
-            and library() is not None)
+    return like.device.type == "cpu" and like.dtype == torch.float32 and library() is not None
 
 
 def check(*operands: tuple[Optional[Tensor], tuple[int, ...]]) -> None:
     """Raise unless every (tensor, shape) pair is a contiguous float32 CPU tensor of that
     shape (None passes): what the C code takes on trust. The step loops check their buffers
     once per call and pass slices of them; the other operands are the step products' fresh
-    results, whose shapes follow from the weights that `recurrence.lstm_layer` checks."""
+    results, whose shapes follow from the weights that `lm_flipout.nn.functional.lstm_layer`
+    checks."""
     for tensor, shape in operands:
         if tensor is not None and not (
                 tensor.is_contiguous() and tensor.dtype == torch.float32
@@ -194,7 +197,7 @@ def forward_step(gates: Tensor, mean: Tensor, noise: Optional[Tensor],
                  mask: Optional[Tensor], u: Optional[Tensor], in_signs: Optional[Tensor],
                  u_signed: Optional[Tensor]) -> None:
     """In place: ``gates`` (B, 4H) + ``mean`` + ``noise`` ∘ r activated, c and h of the
-    step, and for the next step's products u = h ∘ mask and u ∘ s (cell_kernels.c). Every
+    step, and for the next step's products u = h ∘ mask and u ∘ s (kernels.c). Every
     operand must be as `check` demands: (B, 4H) or (B, H)."""
     batch, hidden = c.shape
     library().lstm_forward_step(batch, hidden, *map(_pointer, (
@@ -207,7 +210,7 @@ def backward_step(gates: Tensor, c_prev: Tensor, c: Tensor, grad_out: Tensor,
                   grad_gates: Tensor, out_signs: Optional[Tensor],
                   signed_grads: Optional[Tensor]) -> None:
     """One step back: ∂a_t into ``grad_gates`` (and ∂a_t ∘ r into ``signed_grads``), and
-    ``grad_cell`` from ∂c_t to ∂c_{t-1} (cell_kernels.c). Operands as for `forward_step`."""
+    ``grad_cell`` from ∂c_t to ∂c_{t-1} (kernels.c). Operands as for `forward_step`."""
     batch, hidden = c.shape
     library().lstm_backward_step(batch, hidden, *map(_pointer, (
         gates, c_prev, c, grad_out, carried, carried_noise, in_signs, mask, grad_cell,

@@ -1,6 +1,6 @@
-/* The elementwise work of one LSTM step in one pass over the step's rows, for the layer of
- * recurrence.py on CPU (float32, contiguous, gate order i, f, g, o). Built at first use by
- * cell_kernels.py; with OpenMP only where PyTorch runs on GNU OpenMP, whose runtime (and
+/* The elementwise work of one LSTM step in one pass over the step's rows, for the
+ * CPU backend's step loops (float32, contiguous, gate order i, f, g, o). Built at first use by
+ * kernels.py; with OpenMP only where PyTorch runs on GNU OpenMP, whose runtime (and
  * threads) the library then shares; elsewhere a step runs on one thread.
  *
  * Exp is computed here rather than by libm so that the loops vectorize without fast-math:

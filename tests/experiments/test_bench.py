@@ -1,8 +1,9 @@
-"""The benchmark's timing harness (lm_flipout/bench.py): interleaving and paired ratios."""
+"""The benchmark's timing harness (lm_flipout/experiments/bench_timing.py): interleaving and
+paired ratios."""
 
 import torch
 
-from lm_flipout.bench import BASELINE, Timings, interleaved_times
+from lm_flipout.experiments.bench_timing import BASELINE, Timings, interleaved_times
 
 
 def test_interleaved_times_runs_every_task_once_per_repeat_in_rotated_order():

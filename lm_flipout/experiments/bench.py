@@ -1,6 +1,6 @@
-"""Speed and memory of the perturbed LSTM against ``torch.nn.LSTM`` (issue 7).
+"""Speed and memory of the perturbed LSTM against ``torch.nn.LSTM``.
 
-    python -m lm_flipout.bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
+    python -m lm_flipout.experiments.bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
 
 For each shape and variant it times forward+backward of the LSTM stack alone and a full
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import LanguageModel, ModelConfig, NoiseConfig
-from .nn import LSTM
-from .nn.recurrence import (PREPACK_BACKWARD_MIN_STEPS, input_product, onednn_weight,
-                            step_product, transposed_gates, weight_gradient)
+from ..model import LanguageModel, ModelConfig, NoiseConfig
+from ..nn import LSTM, CpuBackend
+from ..nn.backends.cpu.products import (input_product, onednn_weight, step_product,
+                                        transposed_gates, weight_gradient)
+from .bench_timing import BASELINE, interleaved_times, step_memory
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,6 @@ VARIANTS: dict[str, Optional[NoiseConfig]] = {
     "dropconnect flipout": NoiseConfig("dropconnect", "flipout", p=0.5),
     "gaussian independent": NoiseConfig("gaussian", "independent", sigma=1.0),
 }
-BASELINE = "torch.nn.LSTM"
 
 
 def independent_fits(shape: Shape, device: torch.device, limit_gib: float) -> bool:
@@ -81,69 +79,6 @@ def build_language_model(noise: Optional[NoiseConfig], shape: Shape) -> Language
     if noise is None:  # same model around the fused kernel: nn.LSTM has the same call signature
         model.lstm = nn.LSTM(shape.hidden, shape.hidden, shape.layers)
     return model
-
-
-class SavedBytes:
-    """Counts the bytes of distinct storages saved for backward inside the context."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-
-    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    def __enter__(self) -> "SavedBytes":
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class Timings:
-    """Seconds per task, ``samples[name][k]`` from repeat k (all tasks ran in every repeat)."""
-
-    samples: dict[str, list[float]]
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.samples[name])
-
-    def ratio(self, name: str, baseline: str = BASELINE) -> float:
-        """Median over repeats of name / baseline within the same repeat: load that drifts
-        over the run cancels out, as it would not in a ratio of two medians."""
-        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[baseline]))
-
-
-def interleaved_times(tasks: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                      repeats: int) -> Timings:
-    """Every task once per repeat, in an order rotated by one each repeat (so that no task
-    always follows the same one), after ``warmup`` runs of each."""
-    for task in tasks.values():
-        for _ in range(warmup):
-            task()
-    synchronize(device)
-    names = list(tasks)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for k in range(repeats):
-        for name in names[k % len(names):] + names[: k % len(names)]:
-            start = time.perf_counter()
-            tasks[name]()
-            synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return Timings(samples)
 
 
 def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
@@ -200,7 +135,8 @@ def measure_products(shape: Shape, device: torch.device, warmup: int, repeats: i
     t, b, h = shape.steps, shape.batch, shape.hidden
     rand = lambda *size: torch.randn(*size, device=device)  # noqa: E731
     u, g, weight = rand(b, h), rand(b, 4 * h), rand(4 * h, h)
-    backward_prepacked = t >= PREPACK_BACKWARD_MIN_STEPS
+    layer_backend = CpuBackend()  # its defaults: oneDNN on, the prepacking threshold
+    backward_prepacked = t >= layer_backend.prepack_backward_min_steps
     forward = step_product(weight, b)
     backward = step_product(weight.t(), b, backward_prepacked)
     flat_x, flat_g, w_ih, bias = rand(t * b, h), rand(t * b, 4 * h), rand(4 * h, h), rand(4 * h)
@@ -262,20 +198,6 @@ def format_products(result: dict) -> str:
     return "\n".join(lines)
 
 
-def step_memory(task: Callable[[], None], device: torch.device) -> int:
-    """Peak allocated bytes of one step (CUDA), or bytes saved for backward (CPU)."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        task()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    with SavedBytes() as saved:
-        task()
-    return saved.total
-
-
 def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str:
     memory_label = "peak MiB" if device.type == "cuda" else "saved MiB"
     lines = [
@@ -293,7 +215,7 @@ def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lm_flipout.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lm_flipout.experiments.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=("cpu", "cuda"), help="default: cuda when available")
@@ -321,7 +243,7 @@ def main(argv: list[str]) -> int:
     results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
                "machine": platform.processor() or platform.machine(),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               "command": " ".join(["python -m lm_flipout.bench", *argv]), "shapes": {}}
+               "command": " ".join(["python -m lm_flipout.experiments.bench", *argv]), "shapes": {}}
     for name in args.shapes.split(","):
         rows = measure_shape(SHAPES[name], device, args.warmup, args.repeats,
                              args.independent_limit_gib)

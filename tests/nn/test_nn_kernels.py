@@ -1,5 +1,6 @@
-"""The compiled LSTM step kernels (lm_flipout/nn/cell_kernels.c): their activations against
-PyTorch's, and how they are built, cached and given up on."""
+"""The CPU backend's compiled LSTM step kernels (lm_flipout/nn/backends/cpu/kernels.c): their
+activations against PyTorch's, and how they are built, cached, switched off and given up
+on."""
 
 import math
 import os
@@ -9,13 +10,13 @@ import warnings
 import pytest
 import torch
 
-from lm_flipout.nn import cell_kernels
-from lm_flipout.nn.recurrence import lstm_layer
+from lm_flipout.nn import CpuBackend, lstm_layer
+from lm_flipout.nn.backends.cpu import kernels as cell_kernels
 
 
 @pytest.fixture
 def kernels():
-    if not cell_kernels.ENABLED or cell_kernels.library() is None:
+    if not cell_kernels.enabled_by_environment() or cell_kernels.library() is None:
         pytest.skip("the compiled kernels are switched off or not built here (no compiler)")
     return cell_kernels
 
@@ -31,6 +32,14 @@ def fresh_build(monkeypatch, tmp_path):
 def test_kernels_serve_float32_on_cpu_only(kernels):
     assert kernels.available(torch.zeros(2))
     assert not kernels.available(torch.zeros(2, dtype=torch.float64))
+
+
+def test_the_environment_switches_the_default_cpu_backend_off_them(monkeypatch):
+    monkeypatch.setenv("LM_FLIPOUT_COMPILED_CELL", "0")
+    assert not cell_kernels.enabled_by_environment()
+    assert not CpuBackend().compiled_kernels
+    monkeypatch.setenv("LM_FLIPOUT_COMPILED_CELL", "1")
+    assert CpuBackend().compiled_kernels
 
 
 def test_step_activations_match_torch_from_tiny_to_overflowing_inputs(kernels):
