@@ -15,9 +15,10 @@ term runs ``torch.nn.LSTM``'s fused kernel instead; naming a backend (1 or 2) ru
 backend for every call.
 
 A CUDA backend would plug in the same way: subclass `Backend` with ``name = "cuda"``,
-``supports`` true for CUDA tensors (and the cell options it implements), and ``run`` applying its own autograd Function to the
-`LayerInputs` and `CellOptions`; then ``register_backend(CudaBackend())``, and test it
-against the reference as tests/nn/test_nn_backends.py does the CPU one.
+``supports`` true for CUDA tensors (and the cell options it implements), and ``run``
+applying its own autograd Function to the `LayerInputs` and `CellOptions`; then
+``register_backend(CudaBackend())``, and test it against the reference as
+tests/nn/test_nn_backends.py does the CPU one.
 """
 
 from __future__ import annotations
