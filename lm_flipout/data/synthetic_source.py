@@ -22,7 +22,7 @@ def synthetic_dir(cfg: DataConfig) -> Path:
 
 def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
     """Generate the corpus if it is not complete yet; return its metadata."""
-    from lm_flipout.checkpoint import atomic_write
+    from lm_flipout.atomic import atomic_write
     from lm_flipout.synthetic import HMMSpec, write_corpus
 
     directory = synthetic_dir(cfg)
