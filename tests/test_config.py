@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
+from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import (
     OptimConfig,
     Recipe,
