@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 from ..config import Recipe
-from ..data.batching import make_batches
+from ..data.batching import SequenceBatches, StreamBatches, make_batches
 from ..data.corpus import Corpus
 from .distributed import DistContext
 
+Batches = Union[StreamBatches, SequenceBatches]
 
-def run_batches(recipe: Recipe, corpus: Corpus, dist: DistContext) -> tuple:
+
+def run_batches(recipe: Recipe, corpus: Corpus,
+                dist: DistContext) -> tuple[Batches, dict[str, Batches]]:
     """This rank's training batches (the train split cut to ``data.train_tokens``) and its
     evaluation batches by split name ("valid", "test"). Batch sizes are global: each rank
     takes its block of every batch's columns."""

@@ -65,10 +65,10 @@ class Trainer:
         self.last_path, self.best_path = self.run_dir / LAST_FILE, self.run_dir / BEST_FILE
         if self.dist.enabled:  # the process group first: rank 0 shares what it reads below
             check_batch_sizes(recipe.data.batch_size, recipe.data.eval_batch_size,
-                                    self.dist.world_size)
+                              self.dist.world_size)
             init_process_group(self.dist, select_device(recipe.train.device, self.dist))
-        last = on_main(self.dist, lambda: checked_last(self.run_dir, resume,
-                                                             self.dist.world_size))
+        last = on_main(self.dist,  # fail before slow work
+                       lambda: checked_last(self.run_dir, resume, self.dist.world_size))
         self.device = select_device(recipe.train.device, self.dist)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
