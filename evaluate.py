@@ -43,8 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        from lm_flipout.checkpoint import atomic_write
-        from lm_flipout.evaluation import evaluate_checkpoint
+        from lm_flipout.atomic import atomic_write
+        from lm_flipout.training import evaluate_checkpoint
 
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
                                      args.mc_samples, args.device)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
-from lm_flipout.cli import fail, recipe_with_run_name
-from lm_flipout.errors import ConfigError, UserError
+from lm_flipout.cli import fail, recipe_with_run_name, resume_command
+from lm_flipout.errors import UserError
 
-if TYPE_CHECKING:  # lm_flipout.distributed imports torch, which --help does not need
-    from lm_flipout.distributed import DistContext
+if TYPE_CHECKING:  # lm_flipout.training imports torch, which --help does not need
+    from lm_flipout.training.distributed import DistContext
 
 EPILOG = """examples:
   python train.py recipes/quickstart.yaml
@@ -53,50 +50,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sweep_run_name(recipe_path: str, overrides: list[str],
-                   environ: Mapping[str, str]) -> Optional[str]:
-    """``<recipe>-<WANDB_RUN_ID>`` when a W&B sweep agent started this process and neither the
-    recipe nor the overrides name the run, so that every trial gets its own run directory."""
-    if not (environ.get("WANDB_SWEEP_ID") and environ.get("WANDB_RUN_ID")):
-        return None
-    if any(item.partition("=")[0].strip() == "train.run_name" for item in overrides):
-        return None
-    from lm_flipout.config import read_yaml
-
-    data = read_yaml(recipe_path)
-    train = data.get("train") if isinstance(data, dict) else None
-    if isinstance(train, dict) and train.get("run_name") is not None:
-        return None
-    return f"{Path(recipe_path).stem}-{environ['WANDB_RUN_ID']}"
-
-
-def check_sweep_logging(mode: str, environ: Mapping[str, str]) -> None:
-    """A sweep trial must log online: offline, the agent would never see its results."""
-    sweep = environ.get("WANDB_SWEEP_ID")
-    if sweep and mode == "offline":
-        raise ConfigError(
-            f"This run is a trial of the W&B sweep {sweep} (WANDB_SWEEP_ID is set), but "
-            "wandb.mode=offline, so the sweep would never receive its metrics. Add "
-            "wandb.mode=online to the sweep's command (the files in recipes/sweeps/ do), or "
-            "wandb.mode=disabled to train without W&B."
-        )
-
-
-def resume_command(recipe: str, overrides: list[str], ctx: DistContext) -> str:
-    """The command line that continues this run."""
-    if not ctx.enabled:
-        return shlex.join(["python", "train.py", recipe, *overrides, "--resume"])
-    launch = ["torchrun", f"--nproc_per_node={ctx.local_world_size}"]
-    if ctx.num_nodes == 1:
-        return shlex.join([*launch, "train.py", recipe, *overrides, "--resume"])
-    launch.append(f"--nnodes={ctx.num_nodes}")
-    return (shlex.join([*launch, "train.py", recipe, *overrides, "--resume"])
-            + "  (on every node, with the same rendezvous options as before)")
-
-
 def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContext) -> int:
     """Resolve the recipe (``overrides`` gains a sweep trial's run name) and train it."""
     from lm_flipout.config import recipe_to_yaml
+    from lm_flipout.sweeps import check_sweep_logging, sweep_run_name
 
     name = sweep_run_name(args.recipe, overrides, os.environ)
     if name is not None:
@@ -134,7 +91,7 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from lm_flipout import distributed
+    from lm_flipout.training import distributed
 
     overrides = list(args.overrides)
     ctx = distributed.DistContext()

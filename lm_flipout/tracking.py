@@ -1,5 +1,5 @@
 """Run logging: one JSON object per event in ``metrics.jsonl``, optional console lines, and
-Weights & Biases (offline by default; design.md §4).
+Weights & Biases (offline by default).
 
 ``wandb`` is imported only when a run is started in mode ``offline`` or ``online``, so mode
 ``disabled`` works on machines without it. Offline mode writes the W&B run under

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
+from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import (
     OptimConfig,
     Recipe,

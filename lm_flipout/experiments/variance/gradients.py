@@ -12,6 +12,7 @@ from torch import Tensor
 from ...errors import UserError
 from ...model import LanguageModel
 from ...nn import LayerSamples, NoiseSample, WeightNoise
+from ...training import load_trained_run
 
 # Sums the per-sequence losses of sequences [start, end) under ``sample`` and returns the
 # gradient of that sum w.r.t. the perturbed weight's mean W̄.
@@ -60,8 +61,6 @@ def under_noise(gradient: ChunkGradient, noise: DrawNoise) -> Callable[[int, int
 def load_frozen_model(path: str) -> tuple[LanguageModel, Tensor, dict[str, Any]]:
     """Model (eval mode, only layer 1's W_h trainable), training tokens and the stored
     config, rebuilt from a checkpoint written by train.py."""
-    from ...evaluation import load_trained_run
-
     state, _, corpus, model = load_trained_run(path)
     model.eval()
     for parameter in model.parameters():

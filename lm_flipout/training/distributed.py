@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError, DataError, UserError
+from ..errors import DataError, UserError
 
 T = TypeVar("T")
 
@@ -117,32 +117,6 @@ def check_batch_sizes(batch_size: int, eval_batch_size: int, world_size: int) ->
                 f"process takes {key}/{world_size} sequences). Set {key} to a multiple of "
                 f"{world_size}, or start a different number of processes."
             )
-
-
-def select_device(ctx: DistContext, name: str) -> torch.device:
-    """The device of this process: cuda:LOCAL_RANK on GPUs (``auto`` or ``cuda``), else the CPU."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if name == "mps":
-        raise ConfigError("train.device=mps cannot be used for data-parallel training: PyTorch "
-                          "distributed has no backend for Apple's GPU. Use train.device=cpu, or "
-                          "run a single process.")
-    if name.startswith("cuda:"):
-        raise ConfigError(
-            f"train.device={name!r} names one GPU, but under torchrun every process uses the GPU "
-            "of its LOCAL_RANK (process k on a machine uses cuda:k). Use train.device=cuda or "
-            "auto, and choose the GPUs with CUDA_VISIBLE_DEVICES."
-        )
-    if not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} asks for GPUs but PyTorch sees none. Use "
-                          "train.device=auto or train.device=cpu.")
-    if ctx.local_rank >= torch.cuda.device_count():
-        raise ConfigError(
-            f"This machine runs {ctx.local_world_size} processes but PyTorch sees "
-            f"{torch.cuda.device_count()} GPUs, so process {ctx.local_rank} has none. Start at "
-            f"most {torch.cuda.device_count()} processes per machine (--nproc_per_node)."
-        )
-    return torch.device("cuda", ctx.local_rank)
 
 
 def init_process_group(ctx: DistContext, device: torch.device) -> None:

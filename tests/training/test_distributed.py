@@ -18,12 +18,13 @@ import torch
 from helpers import REPO, run_script, script_env, tiny_recipe, write_recipe
 
 import train
-from lm_flipout.checkpoint import load_checkpoint
 from lm_flipout.config import Recipe, from_dict
-from lm_flipout.distributed import DistContext, from_environment, rank_seed
 from lm_flipout.errors import DataError, TrainingError, UserError
 from lm_flipout.tracking import read_metrics
-from lm_flipout.training import Trainer, _join_columns, _own_columns
+from lm_flipout.training import Trainer
+from lm_flipout.training.checkpoint import load_checkpoint
+from lm_flipout.training.distributed import DistContext, from_environment, rank_seed
+from lm_flipout.training.state import join_columns, own_columns
 
 NO_NOISE = {"dropout_input": 0.0, "dropout_output": 0.0, "noise": {"family": "none"}}
 TIMEOUT = 120
@@ -163,7 +164,7 @@ def _noise_worker(rank: int, root: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
-    from lm_flipout import distributed
+    from lm_flipout.training import distributed
     from lm_flipout.nn.noise import WeightNoise
 
     recipe = from_dict(Recipe, tiny_recipe(Path(root)), "test recipe")
@@ -198,7 +199,7 @@ def test_each_rank_draws_its_own_noise_from_identical_weights(tmp_path) -> None:
     assert not torch.equal(r0["out_signs"], r1["out_signs"])
     assert not torch.equal(r0["in_signs"], r1["in_signs"])
     assert not torch.equal(r0["unit"], r1["unit"])  # the base perturbation is per rank too
-    assert (r0["tracker"], r1["tracker"]) == ("Tracker", "_NullTracker")
+    assert (r0["tracker"], r1["tracker"]) == ("Tracker", "NullTracker")
     assert sorted(p.name for p in (tmp_path / "runs" / "spawned").iterdir()) == [
         "config.yaml", "metrics.jsonl"]
     assert "already holds a run" in r0["refused"][0]
@@ -233,8 +234,8 @@ def test_environment_and_seeds() -> None:
 
 def test_carried_state_columns_round_trip() -> None:
     full = {"h": [torch.arange(8.0).view(4, 2)], "c": [torch.arange(8.0, 16.0).view(4, 2)]}
-    shards = [_own_columns(full, DistContext(r, 2, r, 2)) for r in range(2)]
+    shards = [own_columns(full, DistContext(r, 2, r, 2)) for r in range(2)]
     assert torch.equal(shards[1]["h"][0], full["h"][0][2:])
-    joined = _join_columns(shards)
+    joined = join_columns(shards)
     assert all(torch.equal(joined[k][0], full[k][0]) for k in ("h", "c"))
-    assert _join_columns([None, None]) is None
+    assert join_columns([None, None]) is None

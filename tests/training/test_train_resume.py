@@ -13,11 +13,11 @@ import torch
 from helpers import snapshot, tiny_recipe, write_recipe
 
 import train
-from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import DataError, TrainingError
 from lm_flipout.tracking import read_metrics
 from lm_flipout.training import AlreadyFinished, Trainer
+from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 COMPARED = ("valid_ppl", "test_ppl", "valid_bpc", "test_bpc", "valid_word_ppl", "steps",
             "epochs", "best_epoch")

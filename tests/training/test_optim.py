@@ -7,17 +7,13 @@ import pytest
 import torch
 from helpers import tiny_recipe
 
-from lm_flipout.checkpoint import load_checkpoint
 from lm_flipout.config import OptimConfig, Recipe, from_dict
-from lm_flipout.optim import (
-    AveragedSGD,
-    Schedule,
-    activation_penalty,
-    averaged_weights,
-    build_optimizer,
-)
 from lm_flipout.tracking import read_metrics
 from lm_flipout.training import Trainer
+from lm_flipout.training.checkpoint import load_checkpoint
+from lm_flipout.training.objective import activation_penalty
+from lm_flipout.training.optimizers import AveragedSGD, averaged_weights, build_optimizer
+from lm_flipout.training.schedules import Schedule
 
 
 def optim_config(**values) -> OptimConfig:
@@ -138,7 +134,7 @@ def test_activation_penalties_add_ar_and_tar_as_defined() -> None:
 
 def test_training_step_adds_the_penalty_on_the_last_layer_outputs(tmp_path, monkeypatch,
                                                                   one_thread) -> None:
-    from lm_flipout import training
+    from lm_flipout.training import objective
 
     calls = []
 
@@ -146,7 +142,7 @@ def test_training_step_adds_the_penalty_on_the_last_layer_outputs(tmp_path, monk
         calls.append((raw.shape, dropped.shape, ar, tar, raw.requires_grad))
         return activation_penalty(raw, dropped, ar, tar)
 
-    monkeypatch.setattr(training, "activation_penalty", spy)
+    monkeypatch.setattr(objective, "activation_penalty", spy)
     recipe = from_dict_recipe(tmp_path, optim={"ar": 2.0, "tar": 1.0},
                               train={"epochs": 1, "max_steps": 2})
     Trainer(recipe, tmp_path / "run", echo=lambda _: None).run()

@@ -17,9 +17,9 @@ from helpers import run_script, snapshot, start_script, tiny_recipe, write_recip
 
 import evaluate
 import train
-from lm_flipout.checkpoint import load_checkpoint
 from lm_flipout.config import load_recipe
 from lm_flipout.tracking import read_metrics
+from lm_flipout.training.checkpoint import load_checkpoint
 
 FINAL_KEYS = {"valid_ppl", "test_ppl", "valid_bpc", "test_bpc", "params", "tokens_per_s",
               "wall_s", "git_rev", "valid_word_ppl", "test_word_ppl"}

@@ -1,9 +1,8 @@
 """Checkpoints: atomic save, safe load, and the random-number state for exact resume.
 
-A checkpoint is a dict of state dicts and plain data (design.md §4). It is written to a
-temporary file next to the target and renamed over it, so a crash leaves either the old
-or the new file; it is read with ``torch.load(weights_only=True)``, so loading never runs
-code from the file.
+A checkpoint is a dict of state dicts and plain data. It is written to a temporary file
+next to the target and renamed over it, so a crash leaves either the old or the new file.
+It is read with ``torch.load(weights_only=True)``, so loading never runs code from the file.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .atomic import atomic_write
-from .errors import CheckpointError, first_line
+from ..atomic import atomic_write
+from ..errors import CheckpointError, first_line
 
 FORMAT_KEY = "format"
 FORMAT = "lm_flipout/1"
@@ -48,7 +47,7 @@ def _check_plain(value: Any, key: str) -> None:
         return
     raise TypeError(
         f"save_checkpoint: {key} is a {type(value).__module__}.{type(value).__qualname__}; "
-        "checkpoints hold only tensors, state dicts and plain Python data (design.md §4). "
+        "checkpoints hold only tensors, state dicts and plain Python data. "
         "Store its state_dict() or convert it to plain types."
     )
 
@@ -166,7 +165,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     if missing:
         raise CheckpointError(
             f"The checkpoint's RNG state lacks {', '.join(missing)}; it was not written by "
-            "lm_flipout.checkpoint.rng_state(). Resume from a checkpoint written by lm_flipout."
+            "lm_flipout.training.checkpoint.rng_state(). Resume from a checkpoint written by "
+            "lm_flipout."
         )
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(w) for w in py["state"]), py["gauss_next"]))

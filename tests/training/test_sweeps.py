@@ -15,6 +15,7 @@ from helpers import REPO, tiny_recipe, write_recipe
 import train
 from lm_flipout.config import Recipe, WandbConfig, load_recipe
 from lm_flipout.errors import ConfigError
+from lm_flipout.sweeps import check_sweep_logging, sweep_run_name
 from lm_flipout.tracking import Tracker
 
 SWEEPS = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
@@ -108,8 +109,8 @@ def test_each_trial_gets_its_own_run_directory(tmp_path, monkeypatch, capsys) ->
         named = print_config(capsys, [str(path), "train.run_name=mine"])
         assert named["train"]["run_name"] == "mine"
     assert names == ["tiny-trial1", "tiny-trial2"]
-    assert train.sweep_run_name(str(path), [], {"WANDB_RUN_ID": "x"}) is None  # not a sweep
-    assert train.sweep_run_name(str(write_recipe(tmp_path / "named.yaml", tiny_recipe(tmp_path))),
+    assert sweep_run_name(str(path), [], {"WANDB_RUN_ID": "x"}) is None  # not a sweep
+    assert sweep_run_name(str(write_recipe(tmp_path / "named.yaml", tiny_recipe(tmp_path))),
                                 [], {"WANDB_SWEEP_ID": "s", "WANDB_RUN_ID": "x"}) is None
 
     # Two trials of the sweep train side by side without touching each other's files.
@@ -131,8 +132,8 @@ def test_a_sweep_trial_refuses_to_log_offline(tmp_path, monkeypatch, capsys) -> 
     assert "wandb.mode=offline" in err and "wandb.mode=online" in err
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match="sweep sw33p"):
-        train.check_sweep_logging("offline", {"WANDB_SWEEP_ID": "sw33p"})
-    train.check_sweep_logging("online", {"WANDB_SWEEP_ID": "sw33p"})
+        check_sweep_logging("offline", {"WANDB_SWEEP_ID": "sw33p"})
+    check_sweep_logging("online", {"WANDB_SWEEP_ID": "sw33p"})
 
 
 def test_tracker_joins_the_run_the_agent_chose(tmp_path, monkeypatch) -> None:

@@ -12,12 +12,12 @@ import torch
 from helpers import tiny_recipe
 
 import evaluate
-from lm_flipout.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import Recipe, from_dict, recipe_from_dict
 from lm_flipout.data import load_corpus, make_batches
-from lm_flipout.evaluation import evaluate_checkpoint, total_nll
+from lm_flipout.evaluation import total_nll
 from lm_flipout.model import LanguageModel
-from lm_flipout.training import Trainer
+from lm_flipout.training import Trainer, evaluate_checkpoint
+from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

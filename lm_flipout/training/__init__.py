@@ -1,0 +1,14 @@
+"""Training a recipe in a run directory (`Trainer`), resuming it exactly, and using the
+trained run afterwards (`load_trained_run`, `evaluate_checkpoint`)."""
+
+from .environment import select_device
+from .loop import Trainer
+from .resume import RESUME_MAY_CHANGE
+from .run_dir import RESULTS_FILE, AlreadyFinished, read_results
+from .stopping import Interrupted
+from .trained_run import evaluate_checkpoint, load_trained_run
+
+__all__ = [
+    "RESULTS_FILE", "RESUME_MAY_CHANGE", "AlreadyFinished", "Interrupted", "Trainer",
+    "evaluate_checkpoint", "load_trained_run", "read_results", "select_device",
+]

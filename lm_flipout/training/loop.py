@@ -1,0 +1,297 @@
+"""The training loop: one `Trainer` per run directory.
+
+Setup builds data, model and optimizer (from last.pt on ``--resume``: a resumed run repeats
+an uninterrupted one exactly on CPU); each epoch trains, validates, steps the schedule and
+saves; the end scores best.pt on both evaluation splits and writes results.json.
+
+Crash safety: at the end of an epoch best.pt is written before last.pt. A crash between the
+two leaves last.pt from before the epoch's end, so a resume redoes the end of the epoch (and
+rewrites best.pt) instead of trusting a best.pt that last.pt does not know about.
+
+Data parallel (``torchrun``, see `lm_flipout.training.distributed`): the step runs through
+`StepLoss` wrapped in DistributedDataParallel, so gradients are averaged over the ranks
+before clipping; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from ..config import Recipe
+from ..data import check_vocab, load_corpus
+from ..data.batching import Batch
+from ..errors import CheckpointError, TrainingError
+from ..evaluation import split_metrics, total_nll
+from ..model import LanguageModel
+from ..nn import detach_state
+from .batches import run_batches
+from .checkpoint import rng_state, save_checkpoint
+from .distributed import (DistContext, broadcast_module, check_batch_sizes, gather_to_main,
+                          init_process_group, main_first, on_main, rank_seed, sum_across_ranks)
+from .environment import seed_everything, select_device
+from .objective import step_loss
+from .optimizers import averaged_weights, build_optimizer, scaled_step
+from .reporting import log_train, optimal_perplexities, report_epoch, report_results, run_facts
+from .resume import adopt_config, checked_last, restore_rng, restore_training
+from .run_dir import (BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir,
+                      write_config, write_results)
+from .schedules import Schedule
+from .state import (Progress, best_checkpoint, first_nonfinite_weight, last_checkpoint,
+                    load_best_weights, state_to_plain)
+from .stopping import Interrupted, StopControl, diverged
+
+
+class Trainer:
+    """Builds everything a recipe describes and trains it in ``run_dir``.
+
+    ``dist`` places the process among torchrun's data-parallel processes (default: alone);
+    every rank builds a Trainer with the same recipe, and only rank 0 touches ``run_dir``.
+    Raises `AlreadyFinished` for ``resume`` on a finished run, TrainingError for a fresh
+    start in a directory that holds a run, CheckpointError for an unusable last.pt.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False,
+                 echo: Callable[[str], None] = print,
+                 dist: Optional[DistContext] = None) -> None:
+        self.dist = dist or DistContext()
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.echo = echo if self.dist.is_main else (lambda message: None)
+        self.last_path, self.best_path = self.run_dir / LAST_FILE, self.run_dir / BEST_FILE
+        if self.dist.enabled:  # the process group first: rank 0 shares what it reads below
+            check_batch_sizes(recipe.data.batch_size, recipe.data.eval_batch_size,
+                              self.dist.world_size)
+            init_process_group(self.dist, select_device(recipe.train.device, self.dist))
+        last = on_main(self.dist,  # fail before slow work
+                       lambda: checked_last(self.run_dir, resume, self.dist.world_size))
+        self.device = select_device(recipe.train.device, self.dist)
+        seed_everything(recipe.train.seed, recipe.train.deterministic)
+        self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
+        recipe.model.vocab_size = self.corpus.vocab_size
+        if last is not None:
+            check_vocab(self.corpus, last["vocab"], str(self.last_path))
+            adopt_config(last["config"], recipe, self.last_path, self.echo)
+        self.model = LanguageModel(recipe.model).to(self.device)
+        self.step_loss = step_loss(self.model, recipe.optim, self.dist, self.device)
+        self.schedule = Schedule(recipe.optim)
+        self.optimizer = build_optimizer(recipe.optim, self.model.parameters())
+        self.progress, self.carried = Progress(), None
+        self.train_batches, self.eval_batches = run_batches(recipe, self.corpus, self.dist)
+        self.resumed = last is not None
+        self._saved_step: Optional[int] = None  # step of the last.pt on disk
+        if last is not None:
+            self.optimizer, self.progress, self.carried = restore_training(
+                last, recipe, self.model, self.schedule, self.dist, self.device, self.last_path)
+            self._saved_step = self.progress.step
+            self.echo(f"Resuming {self.run_dir} at epoch {self.progress.epoch}, step "
+                      f"{self.progress.step}.")
+        elif resume:
+            self.echo(f"--resume: no checkpoint in {self.run_dir} yet; starting the run from "
+                      "the beginning.")
+        self._config_pending = self.resumed  # a resume rewrites config.yaml with last.pt
+        self.tracker: Any = NullTracker()
+        on_main(self.dist, self._open_run_dir)
+        if last is not None:
+            self._restore_rng(last["rng"])  # last, so that nothing above draws from it
+        elif self.dist.enabled:  # each rank its own noise; the weights are drawn already
+            seed_everything(rank_seed(recipe.train.seed, self.dist.rank),
+                            recipe.train.deterministic)
+        self.stop = StopControl(recipe.train, self.dist, self.run_dir, self.echo)
+
+    def _open_run_dir(self) -> None:
+        self.tracker = open_run_dir(self.run_dir, self.recipe, self.resumed,
+                                    self.progress.metrics_bytes)
+
+    def _restore_rng(self, saved: Any) -> None:
+        try:
+            restore_rng(saved, self.dist, self.last_path)
+        except CheckpointError:
+            self.tracker.finish(exit_code=1)
+            raise
+
+    # -- training ------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train to the end (or until stopped early), then write ``results.json``.
+
+        Raises `Interrupted` after SIGINT/SIGTERM and TrainingError when the loss diverges;
+        the W&B run is closed in every case.
+        """
+        exit_code = 1
+        try:
+            with self.stop.catching_signals():
+                self._run_start, self._wall_before = time.monotonic(), self.progress.wall_seconds
+                self.echo(f"Training on {self.device} with {self.model.num_parameters():,} "
+                          f"parameters; run directory {self.run_dir}")
+                while self._epochs_left():
+                    self._train_epoch()
+                    self._update_wall_time()
+                    self._end_epoch()
+                    if self.dist.enabled:
+                        self.stop.agree()
+                    self.stop.stop_if_requested()
+                self._update_wall_time()
+                results = self._final_results()
+            exit_code = 0
+        except Interrupted as stop:
+            exit_code = 128 + stop.signum
+            raise
+        finally:
+            self.tracker.finish(exit_code=exit_code)
+        return results
+
+    def _epochs_left(self) -> bool:
+        cfg, progress = self.recipe.train, self.progress
+        if progress.epoch > cfg.epochs:
+            return False
+        if cfg.early_stopping and progress.epochs_without_improvement >= cfg.early_stopping:
+            return False
+        # max_steps reached: stop once the epoch it was reached in has been closed (evaluated)
+        return not (cfg.max_steps and progress.step >= cfg.max_steps and progress.position == 0)
+
+    def _train_epoch(self) -> None:
+        cfg, progress, batches = self.recipe.train, self.progress, self.train_batches
+        done = (progress.position if not batches.carries_state else
+                sum(1 for start, _ in batches.windows(progress.epoch) if start < progress.position))
+        bar = tqdm(batches.iterate(progress.epoch, progress.position),
+                   total=batches.num_batches(progress.epoch), initial=done,
+                   desc=f"epoch {progress.epoch}", leave=False, dynamic_ncols=True,
+                   mininterval=1.0, disable=None if self.dist.is_main else True)
+        if progress.position == 0:
+            self.carried = None
+        try:
+            for batch in bar:
+                if cfg.max_steps and progress.step >= cfg.max_steps:
+                    break
+                started = time.monotonic()
+                loss, tokens, grad_norm, lr = self._train_step(batch)
+                position = (batch.position + batch.inputs.shape[0] if batches.carries_state
+                            else batch.position + 1)
+                progress.count_step(loss, tokens, time.monotonic() - started, position)
+                if progress.step % cfg.log_every == 0:
+                    bar.set_postfix(**log_train(self.tracker, progress, lr, grad_norm))
+                if self.stop.requested() is not None:
+                    self._save_last()
+                    self.stop.stop_if_requested()
+                if self.stop.checkpoint_due(progress.step):
+                    self._save_last()
+        finally:
+            bar.close()
+
+    def _train_step(self, batch: Batch) -> tuple[float, int, float, float]:
+        """One optimizer step; returns the window's mean loss, its token count, the gradient
+        norm before clipping and the base learning rate."""
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        state = self.carried if self.train_batches.carries_state else None
+        loss, objective, state = self.step_loss.train()(inputs, targets, state)
+        self.carried = detach_state(state)
+        value, tokens = loss.item(), targets.numel()
+        if self.dist.enabled:  # the global batch's mean loss, the same on every rank
+            nll, tokens = self.stop.agree(value * tokens, tokens)
+            value = nll / tokens
+        step = self.progress.step + 1
+        if not math.isfinite(value):
+            raise self._diverged(f"the training loss became {value} at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()  # data parallel: DDP averages the gradients over the ranks here
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.recipe.optim.clip if self.recipe.optim.clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"the gradient norm became {grad_norm} at step {step}")
+        try:
+            lr = scaled_step(self.optimizer, batch.lr_scale)
+        except RuntimeError as err:  # e.g. Adam's step size beyond the float range
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged(f"the optimizer step at step {step} overflowed "
+                                 f"({str(err).strip().splitlines()[0]})") from None
+        return value, tokens, grad_norm, lr
+
+    def _diverged(self, what: str) -> TrainingError:
+        return diverged(what, self.progress.epoch, self.last_path, self._saved_step,
+                        self.best_path)
+
+    def _update_wall_time(self) -> None:
+        self.progress.wall_seconds = self._wall_before + time.monotonic() - self._run_start
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _evaluate(self, split: str, mc_samples: int = 0) -> dict:
+        batches = self.eval_batches[split]
+        nll, tokens = total_nll(self.model, batches.iterate(), batches.carries_state,
+                                self.device, mc_samples)
+        nll, tokens = sum_across_ranks(self.dist, nll, tokens)  # each rank scored its columns
+        return split_metrics(nll, int(tokens), self.corpus.splits[split], split)
+
+    def _end_epoch(self) -> None:
+        """Validate (NT-ASGD: with the averaged weights), step the schedule, log and save."""
+        progress = self.progress
+        with averaged_weights(self.model, self.optimizer):
+            metrics = self._evaluate("valid")
+        if not math.isfinite(metrics["valid_loss"]):
+            raise self._diverged(f"the validation loss became {metrics['valid_loss']} after "
+                                 f"step {progress.step}")
+        lr = self.optimizer.param_groups[0]["lr"]
+        improved = progress.record_validation(metrics["valid_loss"])
+        change = self.schedule.step(metrics["valid_loss"], self.optimizer)
+        if change == "averaging":
+            self.optimizer = build_optimizer(self.recipe.optim, self.model.parameters(),
+                                             averaging=True)
+        report_epoch(self.tracker, self.echo, self.recipe, progress, metrics, lr, change, improved)
+        progress.next_epoch()
+        self.carried = None
+        if improved:
+            self._save_best()  # before last.pt: see the module docstring
+        self._save_last()
+
+    def _final_results(self) -> dict:
+        """Score best.pt on both evaluation splits; write and return results.json's content."""
+        on_main(self.dist, lambda: load_best_weights(self.model, self.best_path, self.device))
+        broadcast_module(self.dist, self.model)  # rank 0 read best.pt
+        results: dict = {}
+        for split in ("valid", "test"):
+            results.update(self._evaluate(split))
+        if self.corpus.tokenizer == "word":
+            results = {k: v for k, v in results.items() if not k.endswith("_word_ppl")}
+        results.update(optimal_perplexities(self.recipe))
+        results.update(run_facts(self.progress, self.model.num_parameters(), self.device,
+                                 self.dist.world_size))
+        report_results(self.tracker, self.progress, results)
+        if self.dist.is_main:
+            write_results(self.run_dir, results)
+        self.echo(f"done | valid ppl {results['valid_ppl']:.2f} | test ppl "
+                  f"{results['test_ppl']:.2f} | test bpc {results['test_bpc']:.3f} | "
+                  f"{self.run_dir / RESULTS_FILE}")
+        return results
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _save_last(self) -> None:
+        """Write last.pt (rank 0, with every rank's RNG and carried state gathered)."""
+        broken = first_nonfinite_weight(self.model)  # never replace a good last.pt with it
+        if broken is not None:
+            raise self._diverged(f"the weight {broken} holds NaN or infinite values after "
+                                 f"step {self.progress.step}")
+        self._update_wall_time()
+        shards = gather_to_main(self.dist, (rng_state(), state_to_plain(self.carried)))
+        on_main(self.dist, lambda: self._write_last(shards))
+        self._saved_step = self.progress.step
+        self.stop.saved()
+
+    def _write_last(self, shards: list) -> None:
+        self.progress.metrics_bytes = self.tracker.metrics_bytes()
+        save_checkpoint(last_checkpoint(self.model, self.optimizer, self.schedule, self.progress,
+                                        shards, self.dist, self.recipe, self.corpus.vocab),
+                        self.last_path)
+        if self._config_pending:
+            write_config(self.run_dir, self.recipe)
+            self._config_pending = False
+
+    def _save_best(self) -> None:
+        """Write best.pt (rank 0; the weights are the same on every rank)."""
+        on_main(self.dist, lambda: save_checkpoint(
+            best_checkpoint(self.model, self.optimizer, self.progress, self.recipe,
+                            self.corpus.vocab), self.best_path))

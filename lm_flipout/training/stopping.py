@@ -1,0 +1,120 @@
+"""When training stops or saves outside its schedule: SIGINT/SIGTERM, time- and step-based
+checkpoints, and a diverged loss.
+
+A first SIGINT or SIGTERM lets the current step finish and last.pt be written; a second one
+stops at once. Data parallel, the ranks agree after every step, in one small all-reduce, on
+the step's loss, on a stop signal and on a checkpoint that rank 0's clock asks for, so they
+all stop and save after the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from ..config import TrainConfig
+from ..errors import TrainingError
+from .distributed import DistContext, sum_across_ranks
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived. With ``saved`` the current step was finished and ``last.pt``
+    written; without it (a second signal) the run stopped at once and ``last.pt`` is the one
+    from the last regular save."""
+
+    def __init__(self, signum: int, run_dir: Path, saved: bool = True) -> None:
+        super().__init__(signum)
+        self.signum, self.run_dir, self.saved = signum, run_dir, saved
+
+
+class StopControl:
+    """Stop signals and checkpoint timing of one training process."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistContext, run_dir: Path,
+                 echo: Callable[[str], None]) -> None:
+        self.cfg, self.dist, self.run_dir, self.echo = cfg, dist, run_dir, echo
+        self._received: Optional[int] = None  # the signal this process received
+        self._agreed: Optional[int] = None  # data parallel: the one all ranks act on
+        self._agreed_due = False  # data parallel: rank 0's clock asks for a checkpoint
+        self._last_save = time.monotonic()
+
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """Handle SIGINT and SIGTERM (in the main thread) until the block ends."""
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = ({s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                    if in_main else {})
+        self._last_save = time.monotonic()
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._received is not None:  # a second signal: stop now, without saving
+            raise Interrupted(signum, self.run_dir, saved=False)
+        self._received = signum
+        name = signal.Signals(signum).name
+        self.echo(f"\n{name} received: finishing the current step and writing last.pt "
+                  f"(send it again to stop at once).")
+
+    def requested(self) -> Optional[int]:
+        """The signal to stop for: this process's, or (data parallel) the one all ranks
+        agreed on, so that they all stop after the same step."""
+        return self._agreed if self.dist.enabled else self._received
+
+    def stop_if_requested(self) -> None:
+        """At a point where last.pt is up to date: leave if a signal asked for it."""
+        signum = self.requested()
+        if signum is not None:
+            raise Interrupted(signum, self.run_dir)
+
+    def agree(self, nll: float = 0.0, tokens: int = 0) -> tuple[float, int]:
+        """Data parallel, one all-reduce: the summed NLL and token count of the step, whether
+        a rank received SIGINT or SIGTERM, and whether rank 0's clock asks for a checkpoint."""
+        received = self._received
+        nll, tokens, sigint, sigterm, due = sum_across_ranks(
+            self.dist, nll, tokens, received == signal.SIGINT, received == signal.SIGTERM,
+            self.dist.is_main and self._time_due())
+        if sigterm or sigint:
+            self._agreed = signal.SIGTERM if sigterm else signal.SIGINT
+        self._agreed_due = due > 0
+        return nll, int(tokens)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether last.pt is to be written after ``step`` (train.checkpoint_every_steps or
+        train.checkpoint_every_s)."""
+        every = self.cfg.checkpoint_every_steps
+        if every and step % every == 0:
+            return True
+        return self._agreed_due if self.dist.enabled else self._time_due()
+
+    def _time_due(self) -> bool:
+        every = self.cfg.checkpoint_every_s
+        return every > 0 and time.monotonic() - self._last_save >= every
+
+    def saved(self) -> None:
+        """last.pt was just written; the time-based interval starts again."""
+        self._last_save = time.monotonic()
+
+
+def diverged(what: str, epoch: int, last_path: Path, saved_step: Optional[int],
+             best_path: Path) -> TrainingError:
+    """The error for a non-finite loss, gradient or weight: it names the checkpoints kept."""
+    if saved_step is None:
+        kept = "No last.pt had been written yet"
+    else:
+        kept = f"The last good checkpoint {last_path} (from step {saved_step}) is kept"
+    if best_path.exists():
+        kept += f", and so is {best_path}"
+    return TrainingError(
+        f"Training diverged: {what} (epoch {epoch}); the run stopped without saving "
+        f"it. {kept}. Lower optim.lr, enable or tighten gradient clipping (optim.clip) or "
+        "weaken the noise; optim.lr and optim.clip may be changed on --resume, other "
+        "settings need a new run (train.run_name=NAME)."
+    )

@@ -1,0 +1,94 @@
+"""A trained run seen from outside: rebuild data and model from a checkpoint's own config
+and score it on a split, as evaluate.py and the variance study do."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..config import Recipe, recipe_from_dict
+from ..data import check_vocab, load_corpus
+from ..data.batching import make_batches
+from ..data.corpus import Corpus
+from ..errors import CheckpointError, UserError
+from ..evaluation import split_metrics, total_nll
+from ..model import LanguageModel
+from .checkpoint import load_checkpoint
+from .environment import select_device
+from .optimizers import averaged_weights, build_optimizer
+
+
+def load_trained_run(path: str) -> tuple[dict, Recipe, Corpus, LanguageModel]:
+    """Rebuild what a checkpoint written by train.py describes: its raw state, the recipe
+    stored in it, the corpus (vocabulary checked against the checkpoint's) and the model on
+    the CPU with the checkpoint's weights. Every mismatch is a clear CheckpointError."""
+    state = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in ("model", "config", "vocab") if key not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise CheckpointError(
+            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
+            "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
+        )
+    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
+    corpus = load_corpus(recipe.data)
+    check_vocab(corpus, state["vocab"], str(path))
+    model = LanguageModel(recipe.model)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise _misfit(path, err) from None
+    return state, recipe, corpus, model
+
+
+def _misfit(path: str, err: Exception) -> Exception:
+    return CheckpointError(
+        f"Checkpoint {path} does not fit the model its own config describes "
+        f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}). It is damaged or "
+        "was written by another version of lm_flipout."
+    )
+
+
+def evaluate_checkpoint(
+    path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
+    device: str = "auto",
+) -> dict:
+    """Rebuild data and model from a checkpoint's own config and score one split.
+
+    ``batch_size`` defaults to 1 for the test split (the usual protocol) and to the
+    recipe's ``data.eval_batch_size`` otherwise. A last.pt taken after NT-ASGD started
+    averaging is scored with the averaged weights, as training evaluates it."""
+    if split not in ("valid", "test"):
+        raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise UserError(f"batch size {batch_size!r} must be a positive integer.")
+    if isinstance(mc_samples, bool) or mc_samples < 0:
+        raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
+    target = select_device(device)
+    state, recipe, corpus, model = load_trained_run(path)
+    recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
+    optimizer = None
+    if state.get("schedule", {}).get("averaging") and "optimizer" in state:
+        try:
+            optimizer = build_optimizer(recipe.optim, model.parameters(), averaging=True)
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise _misfit(path, err) from None
+    model.to(target)
+    batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
+    with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging
+        nll, tokens = total_nll(model, batches.iterate(), batches.carries_state, target,
+                                mc_samples)
+    metrics = split_metrics(nll, tokens, corpus.splits[split], split)
+    result = {
+        "split": split,
+        "ppl": metrics[f"{split}_ppl"],
+        "bpc": metrics[f"{split}_bpc"],
+        "loss": metrics[f"{split}_loss"],
+        "tokens": tokens,
+        "batch_size": recipe.data.eval_batch_size,
+        "mc_samples": mc_samples,
+        "checkpoint": str(path),
+    }
+    if corpus.tokenizer != "word":
+        result["word_ppl"] = metrics[f"{split}_word_ppl"]
+    return result
+
