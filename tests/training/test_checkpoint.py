@@ -41,7 +41,7 @@ def test_round_trip_keeps_tensors_and_plain_data(tmp_path: Path) -> None:
     assert loaded["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
     assert loaded["epoch"] == 3 and loaded["best_valid"] == float("inf")
     assert loaded["config"] == state["config"]
-    # what save wrote loads with plain weights_only torch.load (design.md §4)
+    # what save wrote loads with plain weights_only torch.load
     assert torch.load(path, weights_only=True)["format"] == checkpoint.FORMAT
 
 
