@@ -28,7 +28,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     clip: float = 0.25  # gradient-norm clipping; 0 = off
     plateau_factor: float = 0.25  # SGD: lr *= factor when validation stops improving
-    nonmono: int = 5  # non-monotonic window (AWD-LSTM): SGD divides lr; nt_asgd starts averaging
+    # non-monotonic window (AWD-LSTM): SGD divides lr (then waits nonmono + 1 epochs of new
+    # history before it may cut again); nt_asgd starts averaging
+    nonmono: int = 5
     ar: float = 0.0  # activation regularization (AWD-LSTM alpha)
     tar: float = 0.0  # temporal activation regularization (AWD-LSTM beta)
 

@@ -1,6 +1,13 @@
 """The validation-driven learning-rate schedule: AWD-LSTM's non-monotonic criterion
 (Merity et al. 2018, Sec. 3) cuts SGD's learning rate by ``plateau_factor`` or switches
-NT-ASGD to averaging; Adam and AMSGrad keep a constant learning rate."""
+NT-ASGD to averaging; Adam and AMSGrad keep a constant learning rate.
+
+The criterion looks at the validation losses recorded so far (the history): it fires when
+more than ``nonmono`` losses are recorded and the new one is worse than the best of them
+from before the last ``nonmono``. NT-ASGD switches once and keeps AWD-LSTM's rule as is.
+After an SGD cut the history starts afresh, so the next cut needs ``nonmono`` + 1 epochs
+of new evidence at the new rate; comparing every later epoch with the same old best would
+cut on consecutive epochs (30 → 7.5 → 1.9 → ...) and collapse the rate."""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ class Schedule:
 
     def __init__(self, cfg: OptimConfig) -> None:
         self.cfg = cfg
-        self.history: list[float] = []
+        self.history: list[float] = []  # validation losses since the start or the last cut
         self.averaging = False
 
     def stalled(self, val_loss: float) -> bool:
@@ -38,6 +45,7 @@ class Schedule:
         if self.cfg.name == "sgd":
             for group in optimizer.param_groups:
                 group["lr"] *= self.cfg.plateau_factor
+            self.history = []  # wait for new evidence at the new rate (module docstring)
             return "lr"
         if self.cfg.name == "nt_asgd" and not self.averaging:
             self.averaging = True

@@ -29,17 +29,57 @@ def test_sgd_divides_lr_by_4_when_validation_stalls_beyond_the_nonmono_window() 
     param = torch.nn.Parameter(torch.zeros(3))
     optimizer = build_optimizer(cfg, [param])
     schedule = Schedule(cfg)
-    # Hand-derived: a loss stalls when more than 2 are recorded and it is worse than the best
-    # loss from before the last 2. 3.5 after 3.0 is worse than the previous epoch but better
-    # than the window's best (5.0), so it does not cut; 4.5 (> 4.0) and 3.2 (> 3.0) do.
-    losses = [5.0, 4.0, 3.0, 3.5, 4.5, 3.2, 2.9]
-    expected = [(None, 20.0), (None, 20.0), (None, 20.0), (None, 20.0), ("lr", 5.0),
-                ("lr", 1.25), (None, 1.25)]
+    # Hand-derived: a loss stalls when more than 2 are recorded since the start or the last
+    # cut and it is worse than the best of them from before the last 2. 3.5 is worse than the
+    # previous epoch but better than 5.0, so no cut; 4.5 (> 4.0) cuts. After the cut 3.2, 3.3
+    # and 3.4 are all worse than the old best 3.0, but the history starts afresh: only 3.6,
+    # worse than 3.2 with three new losses recorded, cuts again.
+    losses = [5.0, 4.0, 3.0, 3.5, 4.5, 3.2, 3.3, 3.4, 3.6, 2.9]
+    expected = [(None, 20.0)] * 4 + [("lr", 5.0)] + [(None, 5.0)] * 3 + [("lr", 1.25),
+                                                                        (None, 1.25)]
     seen = [(schedule.step(loss, optimizer), optimizer.param_groups[0]["lr"]) for loss in losses]
     assert seen == expected
     restored = Schedule(cfg)
     restored.load_state_dict(schedule.state_dict())
-    assert restored.history == losses and restored.stalled(3.1) and not restored.stalled(3.0)
+    assert restored.history == [2.9] and not restored.stalled(9.0)
+
+
+def test_sgd_plateau_waits_nonmono_epochs_after_a_cut_instead_of_collapsing() -> None:
+    # A run stuck at the same loss: the old rule compared every later epoch with the same old
+    # best and cut on consecutive epochs (30 -> 7.5 -> 1.9 -> 0.47 -> 0.12).
+    cfg = optim_config(name="sgd", lr=30.0, nonmono=5)
+    optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    schedule = Schedule(cfg)
+    losses = [3.0, 2.0, 1.5, 1.4, 1.3, 1.2] + [1.25 + 0.01 * k for k in range(1, 15)]
+    cuts = [epoch for epoch, loss in enumerate(losses, 1) if schedule.step(loss, optimizer)]
+    # Epoch 12 (1.31) is the first worse than the best before the 5-epoch window (1.2). Then
+    # the history restarts: epochs 13-18 are recorded, and epoch 19 (1.38) is worse than the
+    # first of them (1.32): the next cut, 7 epochs later instead of at epoch 13.
+    assert cuts == [12, 19]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(30.0 / 16)
+
+
+def awd_lstm_switch(logs: list[float], val_loss: float, nonmono: int) -> bool:
+    """AWD-LSTM's NT-ASGD trigger, written out: t > nonmono and val_loss > min(logs[:-nonmono])."""
+    return len(logs) > nonmono and val_loss > min(logs[:-nonmono])
+
+
+@pytest.mark.parametrize("nonmono", [1, 3, 5])
+def test_nt_asgd_trigger_is_awd_lstms_rule(nonmono: int) -> None:
+    gen = torch.Generator().manual_seed(nonmono)
+    for _ in range(20):
+        losses = (5.0 - torch.arange(15) * 0.05 + torch.rand(15, generator=gen)).tolist()
+        cfg = optim_config(name="nt_asgd", lr=30.0, nonmono=nonmono)
+        optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        schedule = Schedule(cfg)
+        seen = [schedule.step(loss, optimizer) for loss in losses]
+        logs, expected = [], None
+        for epoch, loss in enumerate(losses):
+            if expected is None and awd_lstm_switch(logs, loss, nonmono):
+                expected = epoch
+            logs.append(loss)
+        assert (seen.index("averaging") if "averaging" in seen else None) == expected
+        assert seen.count("averaging") == (expected is not None)
 
 
 def test_nt_asgd_switches_to_averaging_once_without_touching_the_lr() -> None:
