@@ -3,6 +3,7 @@
 Metrics are normalised so they compare across tokenizers: the mean NLL per evaluated
 token is scaled by the split's tokens per character (bits per character) or per word
 (word-level perplexity), so a split whose tail was trimmed by batching still counts right.
+Those two are left out where the tokens do not account for every character (`<unk>`).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ def total_nll(
 
 
 def split_metrics(nll_sum: float, tokens: int, split: Split, prefix: str) -> dict[str, float]:
-    """``<prefix>_loss`` (nats/token), ``_ppl``, ``_bpc`` and ``_word_ppl`` of ``split``
-    from an NLL summed over ``tokens`` predictions (see `lm_flipout.data.metrics`)."""
+    """``<prefix>_loss`` (nats/token) and ``_ppl`` of ``split`` from an NLL summed over
+    ``tokens`` predictions, with ``_bpc`` and ``_word_ppl`` only where the split's tokens
+    account for every character (see `lm_flipout.data.metrics`)."""
     mean = nll_sum / max(tokens, 1)
-    return {
-        f"{prefix}_loss": mean,
-        f"{prefix}_ppl": _exp(mean),
-        f"{prefix}_bpc": bits_per_char(nll_sum, split, tokens),
-        f"{prefix}_word_ppl": _exp(mean * split.n_tokens / split.n_words),
-    }
+    metrics = {f"{prefix}_loss": mean, f"{prefix}_ppl": _exp(mean)}
+    if split.covers_text:
+        metrics[f"{prefix}_bpc"] = bits_per_char(nll_sum, split, tokens)
+        metrics[f"{prefix}_word_ppl"] = _exp(mean * split.n_tokens / split.n_words)
+    return metrics

@@ -12,7 +12,7 @@ from lm_flipout.data.batching import (
 )
 from lm_flipout.data.config import DataConfig
 from lm_flipout.data.corpus import Corpus, Split, check_vocab, load_corpus
-from lm_flipout.data.metrics import bits_per_char, word_perplexity
+from lm_flipout.data.metrics import bits_per_char, undefined_char_metrics_note, word_perplexity
 from lm_flipout.data.stats import corpus_stats
 from lm_flipout.data.tokenizers import EOS, UNK
 
@@ -32,6 +32,7 @@ __all__ = [
     "load_corpus",
     "make_batches",
     "make_streams",
+    "undefined_char_metrics_note",
     "window_schedule",
     "word_perplexity",
 ]

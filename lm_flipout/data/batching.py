@@ -245,12 +245,19 @@ def make_batches(
     world_size: int = 1,
     split: str = "train",
 ) -> Union[StreamBatches, SequenceBatches]:
-    """Batches as `cfg` asks: training uses data.batch_size, data.variable_bptt and shuffling;
-    evaluation uses data.eval_batch_size, fixed windows and no shuffling."""
-    batch_size = cfg.batch_size if train else cfg.eval_batch_size
-    batch_key = "data.batch_size" if train else "data.eval_batch_size"
+    """Batches as `cfg` asks. Training: data.batch_size, data.bptt_mode, data.variable_bptt
+    and shuffling. Evaluation: data.test_batch_size for the "test" split, else
+    data.eval_batch_size; fixed windows, no shuffling, and streams that carry the state across
+    the whole split unless data.eval_protocol is "reset" (independent sequences)."""
+    if train:
+        batch_size, batch_key = cfg.batch_size, "data.batch_size"
+    elif split == "test":
+        batch_size, batch_key = cfg.test_batch_size, "data.test_batch_size"
+    else:
+        batch_size, batch_key = cfg.eval_batch_size, "data.eval_batch_size"
     common = dict(seed=seed, rank=rank, world_size=world_size, split=split, batch_key=batch_key)
-    if cfg.bptt_mode == "sequences":
+    independent = cfg.bptt_mode == "sequences" if train else cfg.eval_protocol == "reset"
+    if independent:
         return SequenceBatches(tokens, batch_size, cfg.bptt, shuffle=train, **common)
     variable = cfg.variable_bptt and train
     return StreamBatches(tokens, batch_size, cfg.bptt, variable=variable, **common)

@@ -70,8 +70,11 @@ class DataConfig:
 
     # Training batch size (global: summed over data-parallel ranks).
     batch_size: int = 20
-    # Evaluation batch size (global: summed over data-parallel ranks).
+    # Validation batch size (global: summed over data-parallel ranks).
     eval_batch_size: int = 10
+    # Batch size of the test score in results.json; 1 (the usual protocol since Zaremba et
+    # al. 2014) scores the split as one stream. Every process scores the whole test split.
+    test_batch_size: int = 1
     # Truncated-BPTT window length (stream mode) or sequence length (sequences mode).
     bptt: int = 35
     # AWD-LSTM random window lengths around `bptt` during training (stream mode only).
@@ -79,6 +82,11 @@ class DataConfig:
     # stream: B parallel streams with state carried across windows; sequences: independent
     # fixed-length sequences shuffled each epoch, no state carried.
     bptt_mode: Literal["stream", "sequences"] = "stream"
+    # How valid/test are scored, whatever bptt_mode trains on. carry: the split as parallel
+    # streams walked in windows of bptt, the state carried across the whole split (the usual
+    # protocol); reset: independent bptt-token sequences, each from a zero state (to compare
+    # with numbers measured that way).
+    eval_protocol: Literal["carry", "reset"] = "carry"
     # Train on the first N tokens of the training split only (None = all of it), e.g. for
     # quick runs that overfit sooner; the vocabulary and the valid/test splits are unchanged.
     train_tokens: Optional[int] = None
@@ -89,7 +97,8 @@ class DataConfig:
         _check_choice("tokenizer", self.tokenizer, ("word", "char", "sentencepiece"))
         _check_choice("sp_model_type", self.sp_model_type, ("unigram", "bpe"))
         _check_choice("bptt_mode", self.bptt_mode, ("stream", "sequences"))
-        for key in ("batch_size", "eval_batch_size", "bptt", "min_freq"):
+        _check_choice("eval_protocol", self.eval_protocol, ("carry", "reset"))
+        for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "min_freq"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("synthetic_seed", self.synthetic_seed, minimum=0)
         if self.train_tokens is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -26,7 +26,8 @@ from lm_flipout.data.text import (
     is_char_ptb_form,
     split_lines,
 )
-from lm_flipout.data.tokenizers import EOS, build_vocab, char_tokens, encode, word_tokens
+from lm_flipout.data.tokenizers import (EOS, build_vocab, char_tokens, encode, unknown_counts,
+                                        word_tokens)
 from lm_flipout.errors import DataError
 
 CACHE_FORMAT = 1
@@ -41,6 +42,14 @@ class Split:
     tokens: torch.Tensor  # 1-D LongTensor of token ids
     n_chars: int  # characters of the normalized text, one newline per line
     n_words: int  # whitespace words plus one <eos> per line
+    unk_tokens: int = 0  # tokens the tokenizer mapped to <unk> (a literal <unk> is text)
+    unk_chars: int = 0  # characters of the text inside them
+
+    @property
+    def covers_text(self) -> bool:
+        """Whether the tokens account for every character (nothing became <unk>), so that
+        bits per character and word-level perplexity are defined."""
+        return self.unk_tokens == 0
 
     @property
     def n_tokens(self) -> int:
@@ -143,20 +152,24 @@ def _build(cfg: DataConfig, raw: dict[str, RawSplit], cache_path: str, sp_path: 
             raise _empty_split_error(cfg, raw[name])
     char_form = cfg.tokenizer == "char" and cfg.char_ptb and is_char_ptb_form(lines["train"])
     sp_model_path = None
-    if cfg.tokenizer == "word":
-        vocab = build_vocab(word_tokens(lines["train"]), cfg.vocab_size, cfg.min_freq)
-        ids = {n: encode(word_tokens(lines[n]), vocab) for n in SPLITS}
-    elif cfg.tokenizer == "char":
-        mode = "ptb_form" if char_form else ("ptb_convert" if cfg.char_ptb else "plain")
-        vocab = build_vocab(char_tokens(lines["train"], mode), cfg.vocab_size, cfg.min_freq)
-        ids = {n: encode(char_tokens(lines[n], mode), vocab) for n in SPLITS}
-    else:
+    if cfg.tokenizer == "sentencepiece":
         processor = sp_tokenizer.load_or_train(lines["train"], cfg, sp_path, raw["train"].origin)
         vocab = sp_tokenizer.vocab_of(processor)
-        ids = {n: sp_tokenizer.encode_lines(processor, lines[n]) for n in SPLITS}
+        encoded = {n: sp_tokenizer.encode_lines(processor, lines[n]) for n in SPLITS}
         sp_model_path = sp_path
+    else:
+        mode = "ptb_form" if char_form else ("ptb_convert" if cfg.char_ptb else "plain")
+
+        def tokens(name: str) -> Iterator[str]:
+            return word_tokens(lines[name]) if cfg.tokenizer == "word" else char_tokens(
+                lines[name], mode)
+
+        vocab = build_vocab(tokens("train"), cfg.vocab_size, cfg.min_freq)
+        encoded = {n: (encode(tokens(n), vocab), *unknown_counts(tokens(n), vocab))
+                   for n in SPLITS}
     splits = {
-        n: Split(n, ids[n], count_chars(lines[n], char_form), count_words(lines[n], char_form))
+        n: Split(n, encoded[n][0], count_chars(lines[n], char_form),
+                 count_words(lines[n], char_form), *encoded[n][1:])
         for n in SPLITS
     }
     return Corpus(vocab, splits, cfg.tokenizer, bool(cfg.char_ptb), cache_path, sp_model_path)
@@ -171,7 +184,8 @@ def _payload(corpus: Corpus, key: str) -> dict[str, Any]:
         "sp_model_path": corpus.sp_model_path or "",
         "vocab": corpus.vocab,
         "splits": {
-            s.name: {"tokens": s.tokens, "n_chars": s.n_chars, "n_words": s.n_words}
+            s.name: {"tokens": s.tokens, "n_chars": s.n_chars, "n_words": s.n_words,
+                     "unk_tokens": s.unk_tokens, "unk_chars": s.unk_chars}
             for s in corpus.splits.values()
         },
     }
@@ -194,11 +208,12 @@ def _from_payload(obj: Any, key: str, cache_path: str) -> Optional[Corpus]:
         tokens, n_chars, n_words = entry.get("tokens"), entry.get("n_chars"), entry.get("n_words")
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 1:
             return None
-        if not isinstance(n_chars, int) or not isinstance(n_words, int) or tokens.numel() == 0:
-            return None
+        counts = [n_chars, n_words, entry.get("unk_tokens"), entry.get("unk_chars")]
+        if not all(isinstance(c, int) for c in counts) or tokens.numel() == 0:
+            return None  # also entries cached before unknown tokens were counted
         if int(tokens.min()) < 0 or int(tokens.max()) >= len(vocab):
             return None
-        splits[name] = Split(name, tokens, n_chars, n_words)
+        splits[name] = Split(name, tokens, *counts)
     sp_model_path = obj.get("sp_model_path") or None
     tokenizer, char_ptb = str(obj.get("tokenizer")), bool(obj.get("char_ptb"))
     return Corpus(vocab, splits, tokenizer, char_ptb, cache_path, sp_model_path)

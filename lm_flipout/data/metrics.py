@@ -8,14 +8,20 @@ tokens (the first of each stream, the trimmed tail), so when `n_scored` (the num
 tokens the NLL was summed over) is given, the total is scaled to the whole split:
 NLL_split = total_nll * split.n_tokens / n_scored, i.e. the mean NLL per token times the
 split's token count. For the word tokenizer n_tokens == n_words, so the word perplexity is
-the usual exp(mean NLL per token)."""
+the usual exp(mean NLL per token).
+
+Both are defined only when the split's tokens account for every character of its text: a
+token the tokenizer mapped to `<unk>` (a word cut from the vocabulary, a character that
+SentencePiece does not cover) costs one `<unk>` prediction however many characters it
+held, so dividing by n_chars or n_words would only rescale the token perplexity. A literal
+`<unk>` written in the text (as in PTB) is text and does not count against this."""
 
 from __future__ import annotations
 
 import math
 from typing import Optional
 
-from lm_flipout.data.corpus import Split
+from lm_flipout.data.corpus import Corpus, Split
 
 
 def _split_nll(total_nll: float, split: Split, n_scored: Optional[int]) -> float:
@@ -34,3 +40,21 @@ def bits_per_char(total_nll: float, split: Split, n_scored: Optional[int] = None
 def word_perplexity(total_nll: float, split: Split, n_scored: Optional[int] = None) -> float:
     """Word-level perplexity of `split` given the summed NLL in nats (see module docstring)."""
     return math.exp(_split_nll(total_nll, split, n_scored) / split.n_words)
+
+
+def undefined_char_metrics_note(corpus: Corpus, splits: tuple[str, ...] = ("valid", "test")
+                                ) -> Optional[str]:
+    """Why bits per character and word-level perplexity are left out for some of `splits`,
+    or None when every one of them accounts for every character."""
+    parts = [f"the {s.name} split ({s.unk_tokens / s.n_tokens:.1%} of its tokens, holding "
+             f"{s.unk_chars / s.n_chars:.1%} of its characters)"
+             for s in (corpus.splits[name] for name in splits) if not s.covers_text]
+    if not parts:
+        return None
+    return (f"Bits per character and word-level perplexity are not reported for "
+            f"{' and '.join(parts)}: the {corpus.tokenizer} tokenizer mapped those tokens to "
+            "<unk>, so the model pays for one <unk> prediction instead of every character they "
+            "hold. To report them, use a vocabulary that covers the evaluation text "
+            "(data.vocab_size: null and data.min_freq: 1 for word and char tokens, "
+            "data.sp_character_coverage: 1.0 for sentencepiece); a token never seen in the "
+            "training split still becomes <unk>.")

@@ -19,6 +19,7 @@ from lm_flipout.data.config import DataConfig
 from lm_flipout.data.tokenizers import EOS, UNK
 from lm_flipout.errors import DataError
 
+UNK_ID = 0
 EOS_ID = 1
 
 
@@ -45,7 +46,7 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             model_type=cfg.sp_model_type,
             vocab_size=cfg.sp_vocab_size,
             character_coverage=cfg.sp_character_coverage,
-            unk_id=0,
+            unk_id=UNK_ID,
             unk_piece=UNK,
             eos_id=EOS_ID,
             eos_piece=EOS,
@@ -89,11 +90,18 @@ def vocab_of(processor: Any) -> list[str]:
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
 
 
-def encode_lines(processor: Any, lines: list[list[str]]) -> torch.Tensor:
-    """Piece ids of every normalized line followed by `<eos>`, as a 1-D LongTensor."""
+def encode_lines(processor: Any, lines: list[list[str]]) -> tuple[torch.Tensor, int, int]:
+    """Piece ids of every normalized line followed by `<eos>`, as a 1-D LongTensor, and the
+    number of `<unk>` pieces (characters the model does not cover) and of characters in them."""
     ids: list[int] = []
-    encoded = processor.encode([" ".join(words) for words in lines])
-    for piece_ids in encoded:
+    texts = [" ".join(words) for words in lines]
+    unk_pieces = unk_chars = 0
+    for text, piece_ids in zip(texts, processor.encode(texts)):
         ids.extend(piece_ids)
         ids.append(EOS_ID)
-    return torch.tensor(ids, dtype=torch.long)
+        if UNK_ID in piece_ids:  # the surface of an unknown piece is the text it stands for
+            surfaces = processor.encode(text, out_type=str)
+            unknown = [p for i, p in zip(piece_ids, surfaces) if i == UNK_ID]
+            unk_pieces += len(unknown)
+            unk_chars += sum(len(p.replace("\u2581", " ")) for p in unknown)
+    return torch.tensor(ids, dtype=torch.long), unk_pieces, unk_chars

@@ -2,8 +2,8 @@
 
 Vocabulary order: `<eos>` (index 0), `<unk>` (index 1), then the training split's tokens by
 decreasing count, ties in order of first appearance. A corpus that already writes `<unk>`
-(PTB) shares that token. Tokens cut by `data.vocab_size` or `data.min_freq`, and tokens of
-valid/test never seen in train, become `<unk>`."""
+(PTB) shares that token and stays text. Tokens cut by `data.vocab_size` or `data.min_freq`,
+and tokens of valid/test never seen in train, become `<unk>`: `unknown_counts` counts them."""
 
 from __future__ import annotations
 
@@ -62,3 +62,11 @@ def encode(tokens: Iterable[str], vocab: list[str]) -> torch.Tensor:
     index = {tok: i for i, tok in enumerate(vocab)}
     unk = index[UNK]
     return torch.tensor([index.get(tok, unk) for tok in tokens], dtype=torch.long)
+
+
+def unknown_counts(tokens: Iterable[str], vocab: list[str]) -> tuple[int, int]:
+    """(tokens, characters) that `encode` maps to `<unk>` because `vocab` lacks them; a
+    literal `<unk>` of the text is in every vocabulary and so is not counted."""
+    known = set(vocab)
+    missing = [tok for tok in tokens if tok not in known]
+    return len(missing), sum(len(tok) for tok in missing)

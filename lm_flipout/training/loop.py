@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Recipe
-from ..data import check_vocab, load_corpus
+from ..data import check_vocab, load_corpus, undefined_char_metrics_note
 from ..data.batching import Batch
 from ..errors import CheckpointError, TrainingError
 from ..evaluation import split_metrics, total_nll
@@ -37,7 +37,8 @@ from .distributed import (DistContext, broadcast_module, check_batch_sizes, gath
 from .environment import seed_everything, select_device
 from .objective import step_loss
 from .optimizers import averaged_weights, build_optimizer, scaled_step
-from .reporting import log_train, optimal_perplexities, report_epoch, report_results, run_facts
+from .reporting import (eval_protocol, log_train, optimal_perplexities, report_epoch,
+                        report_results, results_line, run_facts)
 from .resume import adopt_config, checked_last, restore_rng, restore_training
 from .run_dir import (BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir,
                       write_config, write_results)
@@ -73,6 +74,8 @@ class Trainer:
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
         recipe.model.vocab_size = self.corpus.vocab_size
+        if note := undefined_char_metrics_note(self.corpus):  # said once, at the start
+            self.echo(note)
         if last is not None:
             check_vocab(self.corpus, last["vocab"], str(self.last_path))
             adopt_config(last["config"], recipe, self.last_path, self.echo)
@@ -224,7 +227,8 @@ class Trainer:
         batches = self.eval_batches[split]
         nll, tokens = total_nll(self.model, batches.iterate(), batches.carries_state,
                                 self.device, mc_samples)
-        nll, tokens = sum_across_ranks(self.dist, nll, tokens)  # each rank scored its columns
+        if split != "test":  # each rank scored its columns; the test split is scored whole
+            nll, tokens = sum_across_ranks(self.dist, nll, tokens)
         return split_metrics(nll, int(tokens), self.corpus.splits[split], split)
 
     def _end_epoch(self) -> None:
@@ -258,14 +262,13 @@ class Trainer:
         if self.corpus.tokenizer == "word":
             results = {k: v for k, v in results.items() if not k.endswith("_word_ppl")}
         results.update(optimal_perplexities(self.recipe))
+        results.update(eval_protocol(self.recipe.data))
         results.update(run_facts(self.progress, self.model.num_parameters(), self.device,
                                  self.dist.world_size))
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             write_results(self.run_dir, results)
-        self.echo(f"done | valid ppl {results['valid_ppl']:.2f} | test ppl "
-                  f"{results['test_ppl']:.2f} | test bpc {results['test_bpc']:.3f} | "
-                  f"{self.run_dir / RESULTS_FILE}")
+        self.echo(results_line(results, self.run_dir / RESULTS_FILE))
         return results
 
     # -- checkpoints ---------------------------------------------------------------------

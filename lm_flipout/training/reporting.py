@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from ..config import Recipe
+from ..data import DataConfig
 from ..data.synthetic_source import ensure_synthetic_corpus
 from .environment import git_revision
 from .state import Progress
@@ -40,8 +42,9 @@ def report_epoch(tracker: Any, echo: Callable[[str], None], recipe: Recipe,
                  "tokens_per_s": speed, "wall_s": progress.wall_seconds}, progress.step)
     note = {"lr": f" | lr x{recipe.optim.plateau_factor:g}",
             "averaging": " | switched to averaged SGD"}.get(change or "", "")
+    bpc = f" | bpc {metrics['valid_bpc']:.3f}" if "valid_bpc" in metrics else ""
     echo(f"epoch {progress.epoch:3d} | step {progress.step} | train ppl {train_ppl:.2f} | "
-         f"valid ppl {metrics['valid_ppl']:.2f} | bpc {metrics['valid_bpc']:.3f} | "
+         f"valid ppl {metrics['valid_ppl']:.2f}{bpc} | "
          f"lr {lr:.3g} | {speed:,.0f} tok/s{' | best' if improved else ''}{note}")
 
 
@@ -49,6 +52,13 @@ def report_results(tracker: Any, progress: Progress, results: dict[str, Any]) ->
     """Log the final "test" event and set the W&B run summary."""
     tracker.log({"event": "test", **results}, progress.step)
     tracker.summary({"best_valid_ppl": results["valid_ppl"], **results})
+
+
+def results_line(results: dict[str, Any], path: Path) -> str:
+    """The console's last line: the final scores and where results.json is."""
+    bpc = f" | test bpc {results['test_bpc']:.3f}" if "test_bpc" in results else ""
+    return (f"done | valid ppl {results['valid_ppl']:.2f} | test ppl {results['test_ppl']:.2f} "
+            f"(batch {results['test_batch_size']}){bpc} | {path}")
 
 
 def run_facts(progress: Progress, params: int, device: torch.device,
@@ -65,6 +75,13 @@ def run_facts(progress: Progress, params: int, device: torch.device,
         "device": str(device),
         "processes": processes,
     }
+
+
+def eval_protocol(data: DataConfig) -> dict[str, Any]:
+    """How results.json's valid and test scores were measured: batch sizes, and whether the
+    state was carried across the whole split (else reset every data.bptt tokens)."""
+    return {"eval_carries_state": data.eval_protocol == "carry",
+            "valid_batch_size": data.eval_batch_size, "test_batch_size": data.test_batch_size}
 
 
 def optimal_perplexities(recipe: Recipe) -> dict[str, float]:

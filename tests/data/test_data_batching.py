@@ -158,3 +158,38 @@ def test_make_batches_follows_config():
     assert isinstance(seq, SequenceBatches) and seq.shuffle and (seq.lo, seq.hi) == (2, 4)
     with pytest.raises(DataError, match=r"data\.eval_batch_size=3 is not divisible"):
         make_batches(tokens, DataConfig(eval_batch_size=3), train=False, world_size=2)
+
+
+def test_evaluation_carries_the_state_whatever_the_training_mode():
+    tokens = torch.arange(1000)
+    for mode in ("stream", "sequences"):
+        cfg = DataConfig(batch_size=4, eval_batch_size=2, bptt=10, bptt_mode=mode)
+        valid = make_batches(tokens, cfg, train=False, split="valid")
+        assert isinstance(valid, StreamBatches) and valid.carries_state
+        assert valid.streams.shape == (500, 2) and not valid.variable
+        # the windows tile each stream: every token after the first is a target exactly once
+        targets = torch.cat([b.targets for b in valid], 0)
+        assert torch.equal(targets, valid.streams[1:])
+
+
+def test_reset_protocol_scores_independent_unshuffled_sequences():
+    tokens = torch.arange(1000)
+    cfg = DataConfig(eval_batch_size=2, bptt=10, eval_protocol="reset")
+    valid = make_batches(tokens, cfg, train=False, split="valid")
+    assert isinstance(valid, SequenceBatches) and not valid.carries_state and not valid.shuffle
+    first = next(iter(valid))
+    assert first.inputs[:, 0].tolist() == list(range(10))
+    assert first.inputs[:, 1].tolist() == list(range(10, 20))
+
+
+def test_test_split_uses_test_batch_size_default_one():
+    tokens = torch.arange(1000)
+    cfg = DataConfig(eval_batch_size=10, bptt=10)
+    test = make_batches(tokens, cfg, train=False, split="test")
+    assert isinstance(test, StreamBatches) and test.streams.shape == (1000, 1)
+    assert make_batches(tokens, cfg, train=False, split="valid").streams.shape == (100, 10)
+    cfg.test_batch_size = 4
+    assert make_batches(tokens, cfg, train=False, split="test").streams.shape == (250, 4)
+    with pytest.raises(DataError, match=r"data\.test_batch_size=200"):
+        make_batches(torch.arange(100), DataConfig(test_batch_size=200), train=False,
+                     split="test")

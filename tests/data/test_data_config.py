@@ -10,6 +10,7 @@ def test_defaults():
     cfg = DataConfig()
     assert (cfg.source, cfg.tokenizer) == ("files", "word")
     assert (cfg.batch_size, cfg.eval_batch_size, cfg.bptt) == (20, 10, 35)
+    assert (cfg.test_batch_size, cfg.eval_protocol) == (1, "carry")
     assert cfg.hf_splits == {"train": "train", "valid": "validation", "test": "test"}
     assert cfg.hf_splits is not DataConfig().hf_splits  # no shared mutable default
     assert cfg.cache_dir == ".cache/lm_flipout" and cfg.bptt_mode == "stream" and not cfg.variable_bptt
@@ -28,6 +29,8 @@ def test_defaults():
         ({"tokenizer": "bytes"}, "data.tokenizer='bytes'"),
         ({"source": "s3"}, "data.source='s3'"),
         ({"bptt_mode": "docs"}, "data.bptt_mode='docs'"),
+        ({"eval_protocol": "zero"}, "data.eval_protocol='zero'"),
+        ({"test_batch_size": 0}, "data.test_batch_size=0"),
         ({"char_ptb": True}, "data.char_ptb=true only applies to data.tokenizer=char"),
         ({"tokenizer": "sentencepiece", "vocab_size": 100}, "data.vocab_size=100 has no effect"),
         (
