@@ -16,7 +16,8 @@ EPILOG = """examples:
   python evaluate.py checkpoints/quickstart/best.pt --split valid --batch-size 10
   python evaluate.py checkpoints/quickstart/best.pt --mc-samples 10     # Monte-Carlo averaging
 
-Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokenizers) and writes
+Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokenizers; bpc and
+word_ppl only where no token became <unk>, else a note says why) and writes
 it beside the checkpoint as <checkpoint>.<split>[.bsN][.mcK].json (bsN when --batch-size is
 given). Data and model are rebuilt from the config stored in the checkpoint."""
 
@@ -28,7 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="a best.pt or last.pt written by train.py")
     parser.add_argument("--split", choices=("valid", "test"), default="test")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="evaluation batch size (default: 1 for test, the recipe's for valid)")
+                        help="evaluation batch size (default: the recipe's data.test_batch_size, 1 unless "
+                             "set, for test; data.eval_batch_size for valid)")
     parser.add_argument("--mc-samples", type=int, default=0, metavar="K",
                         help="average the predicted probabilities of K noise samples (default: 0, mean weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

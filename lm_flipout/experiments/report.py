@@ -97,12 +97,15 @@ HEADERS = {"valid_ppl": "valid ppl", "test_ppl": "test ppl", "valid_bpc": "valid
 
 
 def table(suite: Suite, rows: list[Row], link_from: Path) -> list[str]:
-    """The Markdown table: each metric, followed by the paper's where the suite quotes one."""
+    """The Markdown table: each metric that a run reports or the paper quotes (bits per
+    character is absent where no run defines it), followed by the paper's where quoted."""
     quoted = [m for m in PAPER_METRICS if any(m in row.run.paper for row in rows)]
+    shown = [m for m in PAPER_METRICS if m in quoted or any(m in (row.results or {})
+                                                            for row in rows)]
     baseline = next((row for row in rows if row.run.label == suite.baseline), None)
     base_test = (baseline.results or {}).get("test_ppl") if baseline else None
     header = ["run"]
-    for metric in PAPER_METRICS:
+    for metric in shown:
         header.append(HEADERS[metric])
         if metric in quoted:
             header.append(f"paper {HEADERS[metric]}")
@@ -118,7 +121,7 @@ def table(suite: Suite, rows: list[Row], link_from: Path) -> list[str]:
             name += f" ({row.status})"
         res = row.results or {}
         cells = [name]
-        for metric in PAPER_METRICS:
+        for metric in shown:
             cells.append(FORMATS[metric](res[metric]) if metric in res else "—")
             if metric in quoted:
                 paper = row.run.paper.get(metric)
@@ -155,7 +158,7 @@ def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
     lines += [" ".join(facts), "",
               "Perplexity and bits per character are those of each run's best validation "
               "epoch (best.pt); tokens/s counts training tokens per second of training steps; "
-              "wall time includes evaluation.", ""]
+              "wall time includes evaluation. " + protocol_note(rows), ""]
     notes = [f"- {row.run.label}: {row.status}" + (f" (last.pt in {row.run.run_dir}; rerun the "
              "suite to resume it)" if row.status == "unfinished" else "") + "."
              for row in rows if row.status != "finished"]
@@ -165,6 +168,28 @@ def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
         lines += ["Notes:", ""] + notes + [""]
     lines += [f"![Validation perplexity per epoch]({plot.name})", ""]
     return "\n".join(lines)
+
+
+def _protocol(results: dict) -> str:
+    if "eval_carries_state" not in results:
+        return ("not recorded (written before results.json recorded it: valid and test at "
+                "data.eval_batch_size, the state reset every data.bptt tokens in sequences mode)")
+    state = ("the state carried across the whole split" if results["eval_carries_state"] else
+             "the state reset every data.bptt tokens")
+    return (f"valid at batch size {results['valid_batch_size']}, test at batch size "
+            f"{results['test_batch_size']}, {state}")
+
+
+def protocol_note(rows: list[Row]) -> str:
+    """How the finished runs' numbers were measured, in one sentence (per run where the runs
+    differ)."""
+    protocols = {row.run.label: _protocol(row.results) for row in rows if row.results}
+    if not protocols:
+        return ""
+    if len(set(protocols.values())) == 1:
+        return f"Evaluation protocol: {next(iter(protocols.values()))}."
+    return "Evaluation protocols: " + "; ".join(f"{label}: {text}"
+                                                for label, text in protocols.items()) + "."
 
 
 # ----------------------------------------------------------------------------- plot

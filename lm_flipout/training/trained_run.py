@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import Recipe, recipe_from_dict
-from ..data import check_vocab, load_corpus
+from ..data import check_vocab, load_corpus, undefined_char_metrics_note
 from ..data.batching import make_batches
 from ..data.corpus import Corpus
 from ..errors import CheckpointError, UserError
@@ -53,9 +53,12 @@ def evaluate_checkpoint(
 ) -> dict:
     """Rebuild data and model from a checkpoint's own config and score one split.
 
-    ``batch_size`` defaults to 1 for the test split (the usual protocol) and to the
-    recipe's ``data.eval_batch_size`` otherwise. A last.pt taken after NT-ASGD started
-    averaging is scored with the averaged weights, as training evaluates it."""
+    ``batch_size`` defaults to the recipe's ``data.test_batch_size`` for the test split (1
+    unless the recipe says otherwise: the usual protocol) and to ``data.eval_batch_size``
+    otherwise; ``data.eval_protocol`` says whether the state carries across the split. A
+    last.pt taken after NT-ASGD started averaging is scored with the averaged weights, as
+    training evaluates it. Bits per character and word perplexity are left out, with a
+    ``note`` saying why, where tokens became ``<unk>``."""
     if split not in ("valid", "test"):
         raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
@@ -64,7 +67,8 @@ def evaluate_checkpoint(
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
     target = select_device(device)
     state, recipe, corpus, model = load_trained_run(path)
-    recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
+    if batch_size is not None:
+        recipe.data.eval_batch_size = recipe.data.test_batch_size = batch_size
     optimizer = None
     if state.get("schedule", {}).get("averaging") and "optimizer" in state:
         try:
@@ -81,14 +85,18 @@ def evaluate_checkpoint(
     result = {
         "split": split,
         "ppl": metrics[f"{split}_ppl"],
-        "bpc": metrics[f"{split}_bpc"],
         "loss": metrics[f"{split}_loss"],
         "tokens": tokens,
-        "batch_size": recipe.data.eval_batch_size,
+        "batch_size": recipe.data.test_batch_size if split == "test" else recipe.data.eval_batch_size,
+        "carries_state": batches.carries_state,
         "mc_samples": mc_samples,
         "checkpoint": str(path),
     }
-    if corpus.tokenizer != "word":
-        result["word_ppl"] = metrics[f"{split}_word_ppl"]
+    if f"{split}_bpc" in metrics:
+        result["bpc"] = metrics[f"{split}_bpc"]
+        if corpus.tokenizer != "word":
+            result["word_ppl"] = metrics[f"{split}_word_ppl"]
+    else:
+        result["note"] = undefined_char_metrics_note(corpus, (split,))
     return result
 
