@@ -65,7 +65,14 @@ def perturbed_linear(
 
 class LSTMLayer(nn.Module):
     """One LSTM layer. Parameters live in a one-layer ``nn.LSTM`` used as the fused path;
-    ``backend`` (a name or `Backend`) runs every call on that backend instead of choosing."""
+    ``backend`` (a name or `Backend`) runs every call on that backend instead of choosing.
+
+    Sampling schedule: in training every forward call, i.e. every truncated-BPTT window,
+    draws its weight noise afresh (one base perturbation ΔŴ for the batch; for flipout, one
+    sign pair (r, s) per sequence), held over the window's time steps; the locked-dropout
+    masks of the stack are drawn afresh per call in the same way. The hidden state carries
+    over from one window to the next, the noise and masks do not. In eval the layer uses W̄
+    unless Monte-Carlo sampling is on."""
 
     def __init__(
         self,
@@ -155,6 +162,8 @@ class LSTM(nn.Module):
     h and c (num_layers, B, hidden_size); when the last layer has its own ``output_size``
     (AWD-LSTM style tying) h and c are lists of per-layer (B, size) tensors instead.
     ``backend`` (a name or `Backend`, see `lm_flipout.nn.backends`) is given to every layer.
+    Every forward call (one truncated-BPTT window) draws fresh weight noise, flipout signs
+    and locked-dropout masks, while the state passed in carries over (see `LSTMLayer`).
     """
 
     def __init__(
