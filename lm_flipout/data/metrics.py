@@ -42,12 +42,17 @@ def word_perplexity(total_nll: float, split: Split, n_scored: Optional[int] = No
     return math.exp(_split_nll(total_nll, split, n_scored) / split.n_words)
 
 
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / max(whole, 1):.3g}%"
+
+
 def undefined_char_metrics_note(corpus: Corpus, splits: tuple[str, ...] = ("valid", "test")
                                 ) -> Optional[str]:
     """Why bits per character and word-level perplexity are left out for some of `splits`,
     or None when every one of them accounts for every character."""
-    parts = [f"the {s.name} split ({s.unk_tokens / s.n_tokens:.1%} of its tokens, holding "
-             f"{s.unk_chars / s.n_chars:.1%} of its characters)"
+    parts = [f"the {s.name} split ({s.unk_tokens:,} of its {s.n_tokens:,} tokens, "
+             f"{_share(s.unk_tokens, s.n_tokens)}, holding {_share(s.unk_chars, s.n_chars)} "
+             "of its characters)"
              for s in (corpus.splits[name] for name in splits) if not s.covers_text]
     if not parts:
         return None
