@@ -66,14 +66,14 @@ def test_sequences_mode_is_scored_carrying_the_state_and_test_at_batch_one(tmp_p
     results, _ = train(tmp_path)
     model, recipe = best_model(tmp_path / "runs" / "run")
     splits = load_corpus(recipe.data).splits
-    assert (results["eval_carries_state"], results["valid_batch_size"],
-            results["test_batch_size"]) == (True, 2, 1)
     # valid: eval_batch_size=2 streams, each scored in one pass (the state carried through)
     nll, scored = nll_of(model, columns(splits["valid"].tokens, 2))
     assert results["valid_ppl"] == pytest.approx(math.exp(nll / scored), rel=1e-5)
     # test: one stream over the whole split
     nll, scored = nll_of(model, [splits["test"].tokens])
     assert results["test_ppl"] == pytest.approx(math.exp(nll / scored), rel=1e-5)
+    assert (results["eval_carries_state"], results["valid_batch_size"],
+            results["test_batch_size"]) == (True, 2, 1)
     saved = json.loads((tmp_path / "runs" / "run" / "results.json").read_text())
     assert saved["eval_carries_state"] is True and saved["test_batch_size"] == 1
 
