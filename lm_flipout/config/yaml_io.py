@@ -16,7 +16,7 @@ from ..errors import ConfigError, first_line
 from .convert import from_dict, to_dict
 from .messages import show_value
 from .overrides import apply_overrides, parse_overrides
-from .schema import Recipe
+from .schema import Recipe, is_folder_name
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -161,6 +161,12 @@ def load_recipe(path: Union[str, Path], overrides: Iterable[str] = ()) -> Recipe
         where = f"{path} with command-line overrides"
     recipe = from_dict(Recipe, data, where)
     if recipe.train.run_name is None:
+        if not is_folder_name(path.stem):
+            raise ConfigError(
+                f"The recipe file name {path.name!r} gives the run name {path.stem!r}, which "
+                "cannot be a folder inside train.out_dir. Rename the file, or set "
+                "train.run_name=NAME."
+            )
         recipe.train.run_name = path.stem
     return recipe
 
