@@ -15,10 +15,12 @@ from lm_flipout.errors import ConfigError
 
 
 def alias_bomb(levels: int) -> str:
-    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    """A recipe whose model.hidden_size holds 9**levels strings once its aliases expand."""
+    lines = ["model:", "  hidden_size:",
+             '    - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, levels):
-        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
-    return "\n".join(lines) + f"\nmodel:\n  hidden_size: *l{levels - 1}\n"
+        lines.append(f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
 
 
 def test_an_alias_bomb_under_a_known_key_is_refused_within_a_second(tmp_path, capsys):
@@ -34,7 +36,7 @@ def test_an_alias_bomb_under_a_known_key_is_refused_within_a_second(tmp_path, ca
 
 def test_recursive_aliases_are_refused_and_modest_aliases_still_load(tmp_path):
     path = tmp_path / "loop.yaml"
-    path.write_text("x: &x [*x]\n")
+    path.write_text("model:\n  hidden_size: &x [*x]\n")
     with pytest.raises(ConfigError, match="aliases expand it"):
         load_recipe(path)
     fine = tmp_path / "fine.yaml"
