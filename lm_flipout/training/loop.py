@@ -74,6 +74,7 @@ class Trainer(CheckpointWriting):
             raise
 
     def _build(self, recipe: Recipe, resume: bool) -> None:
+        """Everything the recipe describes, built while holding the run's lock."""
         last = on_main(self.dist,  # fail before slow work
                        lambda: checked_last(self.run_dir, resume, self.dist.world_size))
         self.device = select_device(recipe.train.device, self.dist)
