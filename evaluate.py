@@ -34,6 +34,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mc-samples", type=int, default=0, metavar="K",
                         help="average the predicted probabilities of K noise samples (default: 0, mean weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--data-path", metavar="DIR",
+                        help="where the data lives now (sets data.path; default: the stored recipe's)")
+    parser.add_argument("--allow-changed-data", action="store_true",
+                        help="score a split whose text changed since training (warns; not comparable)")
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="where the data lives, e.g. data.test_file=FILE or data.cache_dir=DIR")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
@@ -48,8 +54,11 @@ def main(argv: list[str]) -> int:
         from lm_flipout.atomic import atomic_write
         from lm_flipout.training import evaluate_checkpoint
 
+        overrides = args.overrides + ([f"data.path={json.dumps(args.data_path)}"]
+                                     if args.data_path else [])
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
-                                     args.mc_samples, args.device)
+                                     args.mc_samples, args.device, overrides,
+                                     args.allow_changed_data)
         text = json.dumps(result, indent=2)
         print(text)
         suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")

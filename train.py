@@ -64,7 +64,7 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
             print(recipe_to_yaml(recipe), end="")
         return 0
     check_sweep_logging(recipe.wandb.mode, os.environ)
-    from lm_flipout.training import AlreadyFinished, Interrupted, Trainer
+    from lm_flipout.training import AlreadyFinished, Interrupted, RunWriteError, Trainer
 
     try:
         Trainer(recipe, run_dir, resume=args.resume, dist=ctx).run()
@@ -86,6 +86,9 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
             print(f"\n{what} Resume with:\n  {resume_command(args.recipe, overrides, ctx)}",
                   file=sys.stderr)
         return 128 + stop.signum
+    except RunWriteError as error:  # add the command that continues the run
+        error.args = (f"{error} The command: {resume_command(args.recipe, overrides, ctx)}",)
+        raise
     return 0
 
 
@@ -110,7 +113,7 @@ def main(argv: list[str]) -> int:
         return fail(UserError(f"(rank {ctx.rank}) {error}"))
     except KeyboardInterrupt:
         if ctx.is_main:
-            print("\nInterrupted before training started. Start again with:\n  "
+            print("\nInterrupted before training started. Start again with: "
                   f"{resume_command(args.recipe, overrides, ctx)}", file=sys.stderr)
         return 130
     finally:
@@ -118,4 +121,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load
+        print("\nInterrupted during start-up; nothing was changed.", file=sys.stderr)
+        sys.exit(130)

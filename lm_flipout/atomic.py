@@ -1,5 +1,6 @@
 """Atomic file writes: a temporary file beside the target, flushed, fsynced and renamed
-over it, so a killed process leaves either the old file or the new one, never half of one."""
+over it, so a killed process leaves either the old file or the new one, never half of one.
+The new file gets the permissions any new file gets (0666 less the umask)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def atomic_write(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # mkstemp makes it 0600, private to its owner
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -30,6 +33,13 @@ def atomic_write(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
             os.unlink(tmp_name)
         raise
     _fsync_directory(path.parent)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from typing import Any, Literal, Union
@@ -38,11 +39,16 @@ def section_name(section: str) -> str:
     return f"section '{section}'" if section else "the recipe"
 
 
-def show_value(value: Any) -> str:
-    """A value as the user wrote it, shortened, with its YAML-read type."""
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
+_SHORT = reprlib.Repr()  # a few items per level and a few levels: never the whole value
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
+
+
+def show_value(value: Any, limit: int = 80) -> str:
+    """A value as the user wrote it, at most ``limit`` characters, with its YAML-read type;
+    only as much of a large value is looked at as is shown."""
+    text = _SHORT.repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
     return f"{text} ({type(value).__name__})"
 
 

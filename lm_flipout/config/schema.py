@@ -84,7 +84,7 @@ class TrainConfig:
         if not self.out_dir:
             raise ConfigError("train.out_dir is empty. Give the directory that holds run folders.")
         name = self.run_name
-        if name is not None and (not name or name in (".", "..") or re.search(r"[/\\]", name)):
+        if name is not None and not is_folder_name(name):
             raise ConfigError(
                 f"train.run_name={name!r} cannot be a folder name inside train.out_dir. Use a "
                 "plain name without slashes, or null for the recipe file's name."
@@ -94,6 +94,11 @@ class TrainConfig:
         check_range("train.early_stopping", self.early_stopping, low=0)
         check_range("train.log_every", self.log_every, low=1)
         check_range("train.max_steps", self.max_steps, low=0)
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether ``name`` is one path component (a run directory inside train.out_dir)."""
+    return bool(name) and name not in (".", "..") and not re.search(r"[/\\]", name)
 
 
 @dataclass

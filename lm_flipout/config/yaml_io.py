@@ -1,9 +1,11 @@
-"""Recipe files: reading YAML (a key written twice is an error), loading a recipe with its
+"""Recipe files: reading YAML (a key written twice is an error, tags are refused, and so is a
+document whose aliases expand beyond `MAX_EXPANDED_NODES`), loading a recipe with its
 overrides, and writing one back."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -14,7 +16,7 @@ from ..errors import ConfigError, first_line
 from .convert import from_dict, to_dict
 from .messages import show_value
 from .overrides import apply_overrides, parse_overrides
-from .schema import Recipe
+from .schema import Recipe, is_folder_name
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -42,6 +44,57 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
 )
 
+# A recipe has a few hundred values; aliases (`*name`) that expand to more than this many
+# nodes are an "alias bomb" (a few lines that would expand to billions of values).
+MAX_EXPANDED_NODES = 100_000
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has with every alias expanded, counted without expanding
+    (each shared node once, its size reused); capped just past `MAX_EXPANDED_NODES`, which an
+    alias to an enclosing node (an endless expansion) also counts as."""
+    cap = MAX_EXPANDED_NODES + 1
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes whose children are being counted
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in sizes:
+            stack.pop()
+            continue
+        children = _children(node)
+        if id(node) not in open_nodes:
+            open_nodes.add(id(node))
+            if any(id(c) in open_nodes for c in children):
+                return cap  # refers to itself
+            stack.extend(c for c in children if id(c) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = min(cap, 1 + sum(sizes[id(c)] for c in children))
+        stack.pop()
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _parse(text: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node) > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(f"aliases expand it to more than {MAX_EXPANDED_NODES:,} values")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def read_yaml(path: Union[str, Path]) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a ConfigError with the line."""
@@ -56,19 +109,35 @@ def read_yaml(path: Union[str, Path]) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"Recipe file {path} is not UTF-8 text. Save it as UTF-8 YAML.") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return _parse(text)
+    except RecursionError:
+        raise ConfigError(f"Recipe file {path} nests too deeply to be a recipe. Write its "
+                          "sections as plain indented `key: value` lines.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or first_line(err)
         if problem.startswith("duplicate key"):
             fix = "Keep only one of the two entries."
+        elif problem.startswith("aliases expand"):
+            fix = "A recipe needs no more than plain values; remove the aliases (*name)."
+        elif "constructor for the tag" in problem:
+            problem = f"the tag {node_tag(err)} is not allowed"
+            fix = ("Tags (such as !!python/...) are not allowed in recipes; write plain values: "
+                   "numbers, strings, true/false, null, lists and mappings.")
         else:
             fix = (
                 "Fix the syntax there; wrong indentation, a missing ':' or an unclosed bracket "
                 "or quote are the usual causes."
             )
         raise ConfigError(f"Recipe file {path} has a YAML error{at}: {problem}. {fix}") from None
+
+
+def node_tag(err: yaml.YAMLError) -> str:
+    """The tag a YAML constructor error is about, shortened for a message."""
+    found = re.search(r"tag '([^']*)'", str(err))
+    tag = found.group(1).replace("tag:yaml.org,2002:", "!!") if found else "used"
+    return tag if len(tag) <= 60 else tag[:57] + "..."
 
 
 def load_recipe(path: Union[str, Path], overrides: Iterable[str] = ()) -> Recipe:
@@ -92,6 +161,12 @@ def load_recipe(path: Union[str, Path], overrides: Iterable[str] = ()) -> Recipe
         where = f"{path} with command-line overrides"
     recipe = from_dict(Recipe, data, where)
     if recipe.train.run_name is None:
+        if not is_folder_name(path.stem):
+            raise ConfigError(
+                f"The recipe file name {path.name!r} gives the run name {path.stem!r}, which "
+                "cannot be a folder inside train.out_dir. Rename the file, or set "
+                "train.run_name=NAME."
+            )
         recipe.train.run_name = path.stem
     return recipe
 

@@ -8,7 +8,7 @@ of it). It holds plain tensors, lists, str and int and is read with weights_only
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
@@ -67,6 +67,7 @@ class Corpus:
     char_ptb: bool  # char tokens are PTB symbols (`_` = space between words)
     cache_path: str  # the .pt file this corpus was read from or written to
     sp_model_path: Optional[str] = None  # the SentencePiece model, for tokenizer=sentencepiece
+    digests: dict[str, str] = field(default_factory=dict)  # split name -> sha256 of its text
 
     @property
     def vocab_size(self) -> int:
@@ -228,6 +229,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     if corpus is None:
         corpus = _build(cfg, raw, cache_path, sp_path)
         atomic_torch_save(cache_path, _payload(corpus, key))
+    corpus.digests = {name: raw[name].digest for name in SPLITS}
     return corpus
 
 

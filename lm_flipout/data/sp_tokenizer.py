@@ -3,7 +3,12 @@ sentencepiece's Python trainer, saved as `<cache_dir>/sp-<key>.model` and reused
 training text and SentencePiece settings are unchanged.
 
 Piece 0 is `<unk>` and piece 1 is `<eos>`, which ends every line (as for the other
-tokenizers); there is no BOS or padding piece."""
+tokenizers); there is no BOS or padding piece.
+
+SentencePiece's trainer skips (or, when nothing is left, fails on) sentences longer than
+`MAX_SENTENCE_BYTES`. Longer lines are therefore cut at spaces into training sentences below
+it: this only changes which text the trainer learns its pieces from, never the encoded
+tokens, as every line is still encoded whole."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from lm_flipout.errors import DataError
 
 UNK_ID = 0
 EOS_ID = 1
+MAX_SENTENCE_BYTES = 1 << 16
 
 
 def _import_sentencepiece() -> Any:
@@ -37,7 +43,7 @@ def _import_sentencepiece() -> Any:
 def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
     """Train on the normalized training lines and return the serialized model."""
     spm = _import_sentencepiece()
-    sentences = (" ".join(words) for words in lines if words)
+    sentences = (part for words in lines if words for part in training_sentences(words))
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -52,7 +58,7 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             eos_piece=EOS,
             bos_id=-1,
             pad_id=-1,
-            max_sentence_length=1 << 16,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
@@ -70,6 +76,28 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             "data.sp_vocab_size and data.sp_character_coverage."
         ) from None
     return buffer.getvalue()
+
+
+def training_sentences(words: list[str], limit: int = MAX_SENTENCE_BYTES) -> list[str]:
+    """A line as sentences of at most ``limit`` UTF-8 bytes, cut at spaces (a single longer
+    word is cut into pieces too)."""
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
+    for word in words:
+        while len(word.encode("utf-8")) > limit:
+            head = word.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+            parts.append(head)
+            word = word[len(head):]
+        extra = len(word.encode("utf-8")) + (1 if current else 0)
+        if current and size + extra > limit:
+            parts.append(" ".join(current))
+            current, size, extra = [], 0, extra - 1
+        current.append(word)
+        size += extra
+    if current:
+        parts.append(" ".join(current))
+    return parts
 
 
 def load_or_train(lines: list[list[str]], cfg: DataConfig, model_path: str, origin: str) -> Any:

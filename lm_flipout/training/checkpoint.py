@@ -13,7 +13,7 @@ import random
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -88,6 +88,9 @@ def load_checkpoint(
         )
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"Checkpoint {path} cannot be read. Check its permissions.")
+    problem = _format_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated: OSError, RuntimeError, EOFError; foreign: Unpickling
@@ -108,30 +111,42 @@ def load_checkpoint(
     return state
 
 
-def _unreadable_message(path: Path, err: Exception) -> str:
-    if path.stat().st_size == 0:
+def _format_problem(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a checkpoint, judged by its first bytes, or None for a zip file
+    (the format lm_flipout writes; torch reads it, and reports truncation)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if not head:
         return (
             f"Checkpoint {path} is empty (0 bytes), probably from an interrupted copy. "
             "Copy it again or use the run's other checkpoint (last.pt or best.pt)."
         )
+    if head == b"PK":
+        return None
+    if head[:1] == b"\x80":  # the pickle protocol marker
+        return (
+            f"Checkpoint {path} is a plain Python pickle or a PyTorch file in the old format "
+            "(before PyTorch 1.6). lm_flipout does not read these: loading one can run code "
+            "from the file, and lm_flipout never wrote them. Use a last.pt or best.pt from an "
+            "lm_flipout run."
+        )
+    return (
+        f"{path} is not a PyTorch checkpoint file (it does not start like one). Pass a last.pt "
+        "or best.pt written by lm_flipout training."
+    )
+
+
+def _unreadable_message(path: Path, err: Exception) -> str:
     if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
         return (
             f"Checkpoint {path} contains Python objects other than tensors and plain data, so "
             "it was not loaded (loading it could run code from the file). It was not written by "
             "lm_flipout; use a last.pt or best.pt from an lm_flipout run."
         )
-    with path.open("rb") as handle:
-        is_zip_start = handle.read(2) == b"PK"
-    if is_zip_start:
-        reason = first_line(err)
-        return (
-            f"Checkpoint {path} is truncated or corrupted ({reason}), e.g. an incomplete copy or "
-            "a disk that filled up. Copy it again or use the run's other checkpoint "
-            "(last.pt or best.pt)."
-        )
     return (
-        f"{path} is not a PyTorch checkpoint file ({type(err).__name__}: {first_line(err)}). "
-        "Pass a last.pt or best.pt written by lm_flipout training."
+        f"Checkpoint {path} is truncated or corrupted ({first_line(err)}), e.g. an incomplete "
+        "copy or a disk that filled up. Copy it again or use the run's other checkpoint "
+        "(last.pt or best.pt)."
     )
 
 

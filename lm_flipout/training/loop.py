@@ -4,9 +4,7 @@ Setup builds data, model and optimizer (from last.pt on ``--resume``: a resumed 
 an uninterrupted one exactly on CPU); each epoch trains, validates, steps the schedule and
 saves; the end scores best.pt on both evaluation splits and writes results.json.
 
-Crash safety: at the end of an epoch best.pt is written before last.pt. A crash between the
-two leaves last.pt from before the epoch's end, so a resume redoes the end of the epoch (and
-rewrites best.pt) instead of trusting a best.pt that last.pt does not know about.
+Checkpoints are written by `CheckpointWriting` (lm_flipout.training.saving).
 
 Data parallel (``torchrun``, see `lm_flipout.training.distributed`): the step runs through
 `StepLoss` wrapped in DistributedDataParallel, so gradients are averaged over the ranks
@@ -26,29 +24,29 @@ from tqdm import tqdm
 from ..config import Recipe
 from ..data import check_vocab, load_corpus, undefined_char_metrics_note
 from ..data.batching import Batch
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from ..nn import detach_state
 from .batches import run_batches
-from .checkpoint import rng_state, save_checkpoint
-from .distributed import (DistContext, broadcast_module, check_batch_sizes, gather_to_main,
-                          init_process_group, main_first, on_main, rank_seed, sum_across_ranks)
+from .distributed import (DistContext, broadcast_module, check_batch_sizes, init_process_group,
+                          main_first, on_main, rank_seed, sum_across_ranks)
 from .environment import seed_everything, select_device
 from .objective import step_loss
 from .optimizers import averaged_weights, build_optimizer, scaled_step
 from .reporting import (eval_protocol, log_train, optimal_perplexities, report_epoch,
                         report_results, results_line, run_facts)
+from .resources import check_memory
 from .resume import adopt_config, checked_last, restore_rng, restore_training
-from .run_dir import (BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir,
-                      write_config, write_results)
+from .run_dir import BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir, write_results
+from .run_lock import RunLock
+from .saving import CheckpointWriting
 from .schedules import Schedule
-from .state import (Progress, best_checkpoint, first_nonfinite_weight, last_checkpoint,
-                    load_best_weights, state_to_plain)
-from .stopping import Interrupted, StopControl, diverged
+from .state import Progress, load_best_weights
+from .stopping import Interrupted, StopControl, validation_divergence
 
 
-class Trainer:
+class Trainer(CheckpointWriting):
     """Builds everything a recipe describes and trains it in ``run_dir``.
 
     ``dist`` places the process among torchrun's data-parallel processes (default: alone);
@@ -68,6 +66,16 @@ class Trainer:
             check_batch_sizes(recipe.data.batch_size, recipe.data.eval_batch_size,
                               self.dist.world_size)
             init_process_group(self.dist, select_device(recipe.train.device, self.dist))
+        self.lock = RunLock(self.run_dir)  # before anything is read or written there
+        on_main(self.dist, self.lock.acquire)
+        try:
+            self._build(recipe, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, recipe: Recipe, resume: bool) -> None:
+        """Everything the recipe describes, built while holding the run's lock."""
         last = on_main(self.dist,  # fail before slow work
                        lambda: checked_last(self.run_dir, resume, self.dist.world_size))
         self.device = select_device(recipe.train.device, self.dist)
@@ -79,6 +87,7 @@ class Trainer:
         if last is not None:
             check_vocab(self.corpus, last["vocab"], str(self.last_path))
             adopt_config(last["config"], recipe, self.last_path, self.echo)
+        check_memory(recipe, self.device)
         self.model = LanguageModel(recipe.model).to(self.device)
         self.step_loss = step_loss(self.model, recipe.optim, self.dist, self.device)
         self.schedule = Schedule(recipe.optim)
@@ -107,8 +116,9 @@ class Trainer:
         self.stop = StopControl(recipe.train, self.dist, self.run_dir, self.echo)
 
     def _open_run_dir(self) -> None:
-        self.tracker = open_run_dir(self.run_dir, self.recipe, self.resumed,
-                                    self.progress.metrics_bytes)
+        with self._guarded(self.run_dir):
+            self.tracker = open_run_dir(self.run_dir, self.recipe, self.resumed,
+                                        self.progress.metrics_bytes)
 
     def _restore_rng(self, saved: Any) -> None:
         try:
@@ -126,7 +136,7 @@ class Trainer:
         """
         exit_code = 1
         try:
-            with self.stop.catching_signals():
+            with self.stop.catching_signals(), self._guarded(self.run_dir):
                 self._run_start, self._wall_before = time.monotonic(), self.progress.wall_seconds
                 self.echo(f"Training on {self.device} with {self.model.num_parameters():,} "
                           f"parameters; run directory {self.run_dir}")
@@ -145,6 +155,7 @@ class Trainer:
             raise
         finally:
             self.tracker.finish(exit_code=exit_code)
+            self.lock.release()
         return results
 
     def _epochs_left(self) -> bool:
@@ -215,10 +226,6 @@ class Trainer:
                                  f"({str(err).strip().splitlines()[0]})") from None
         return value, tokens, grad_norm, lr
 
-    def _diverged(self, what: str) -> TrainingError:
-        return diverged(what, self.progress.epoch, self.last_path, self._saved_step,
-                        self.best_path)
-
     def _update_wall_time(self) -> None:
         self.progress.wall_seconds = self._wall_before + time.monotonic() - self._run_start
 
@@ -236,9 +243,9 @@ class Trainer:
         progress = self.progress
         with averaged_weights(self.model, self.optimizer):
             metrics = self._evaluate("valid")
-        if not math.isfinite(metrics["valid_loss"]):
-            raise self._diverged(f"the validation loss became {metrics['valid_loss']} after "
-                                 f"step {progress.step}")
+        problem = validation_divergence(metrics["valid_loss"], self.corpus.vocab_size)
+        if problem:
+            raise self._diverged(f"{problem} after step {progress.step}")
         lr = self.optimizer.param_groups[0]["lr"]
         improved = progress.record_validation(metrics["valid_loss"])
         change = self.schedule.step(metrics["valid_loss"], self.optimizer)
@@ -267,34 +274,7 @@ class Trainer:
                                  self.dist.world_size))
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
-            write_results(self.run_dir, results)
+            with self._guarded(self.run_dir / RESULTS_FILE):
+                write_results(self.run_dir, results)
         self.echo(results_line(results, self.run_dir / RESULTS_FILE))
         return results
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def _save_last(self) -> None:
-        """Write last.pt (rank 0, with every rank's RNG and carried state gathered)."""
-        broken = first_nonfinite_weight(self.model)  # never replace a good last.pt with it
-        if broken is not None:
-            raise self._diverged(f"the weight {broken} holds NaN or infinite values after "
-                                 f"step {self.progress.step}")
-        self._update_wall_time()
-        shards = gather_to_main(self.dist, (rng_state(), state_to_plain(self.carried)))
-        on_main(self.dist, lambda: self._write_last(shards))
-        self._saved_step = self.progress.step
-        self.stop.saved()
-
-    def _write_last(self, shards: list) -> None:
-        self.progress.metrics_bytes = self.tracker.metrics_bytes()
-        save_checkpoint(last_checkpoint(self.model, self.optimizer, self.schedule, self.progress,
-                                        shards, self.dist, self.recipe, self.corpus.vocab),
-                        self.last_path)
-        if self._config_pending:
-            write_config(self.run_dir, self.recipe)
-            self._config_pending = False
-
-    def _save_best(self) -> None:
-        """Write best.pt (rank 0; the weights are the same on every rank)."""
-        on_main(self.dist, lambda: save_checkpoint(
-            best_checkpoint(self.model, self.optimizer, self.progress, self.recipe,
-                            self.corpus.vocab), self.best_path))

@@ -9,6 +9,7 @@ knows about. Only rank 0 touches the directory.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,6 +109,9 @@ def write_config(run_dir: Path, recipe: Recipe) -> None:
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    """results.json, which marks the run as finished."""
+    """results.json, which marks the run as finished: strict JSON, with a non-finite number
+    (which JSON cannot hold) written as null."""
+    plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in results.items()}
     with atomic_write(run_dir / RESULTS_FILE) as handle:
-        handle.write(json.dumps(results, indent=2).encode() + b"\n")
+        handle.write(json.dumps(plain, indent=2, allow_nan=False).encode() + b"\n")

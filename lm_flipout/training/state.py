@@ -2,7 +2,7 @@
 
 ``last.pt`` holds the model, optimizer, schedule, the `Progress` record (with the exact data
 position), the LSTM state carried between windows, every RNG state, the recipe and the
-vocabulary: enough to continue the run exactly. ``best.pt`` holds the weights of the best
+vocabulary and the data's digests: enough to continue the run exactly. ``best.pt`` holds the weights of the best
 validation epoch (NT-ASGD's averaged ones once it averages), the recipe and the vocabulary.
 
 Data parallel: the carried state of the global batch is stored, as one process holding the
@@ -21,6 +21,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..config import Recipe, recipe_to_dict
+from ..data.corpus import Corpus
 from ..errors import CheckpointError, TrainingError
 from ..model import LanguageModel
 from ..nn.lstm import State
@@ -142,7 +143,7 @@ def own_columns(plain: PlainState, dist: DistContext) -> PlainState:
 
 def last_checkpoint(model: LanguageModel, optimizer: Optimizer, schedule: Schedule,
                     progress: Progress, shards: list[tuple[dict, PlainState]],
-                    dist: DistContext, recipe: Recipe, vocab: list[str]) -> dict[str, Any]:
+                    dist: DistContext, recipe: Recipe, corpus: Corpus) -> dict[str, Any]:
     """last.pt's content; ``shards`` holds every rank's (RNG state, carried state)."""
     rngs = [rng for rng, _ in shards]
     return {
@@ -154,17 +155,23 @@ def last_checkpoint(model: LanguageModel, optimizer: Optimizer, schedule: Schedu
         "rng": rngs if dist.enabled else rngs[0],  # data parallel: one per rank
         "world_size": dist.world_size,
         "config": recipe_to_dict(recipe),
-        "vocab": list(vocab),
+        **data_identity(corpus),
     }
 
 
 def best_checkpoint(model: LanguageModel, optimizer: Optimizer, progress: Progress,
-                    recipe: Recipe, vocab: list[str]) -> dict[str, Any]:
+                    recipe: Recipe, corpus: Corpus) -> dict[str, Any]:
     """best.pt's content: the weights evaluation uses (NT-ASGD's average once it averages)."""
     with averaged_weights(model, optimizer):
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return {"model": weights, "config": recipe_to_dict(recipe), "vocab": list(vocab),
+    return {"model": weights, "config": recipe_to_dict(recipe), **data_identity(corpus),
             "progress": asdict(progress)}
+
+
+def data_identity(corpus: Corpus) -> dict[str, Any]:
+    """What a checkpoint records of its data: the vocabulary, and the sha256 of each split's
+    text ("data_digests"), against which evaluation checks the data it is given."""
+    return {"vocab": list(corpus.vocab), "data_digests": dict(corpus.digests)}
 
 
 def first_nonfinite_weight(model: LanguageModel) -> Optional[str]:

@@ -10,6 +10,7 @@ all stop and save after the same step.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Callable, Iterator, Optional
 from ..config import TrainConfig
 from ..errors import TrainingError
 from .distributed import DistContext, sum_across_ranks
+from .write_failures import kept_checkpoints
 
 
 class Interrupted(Exception):
@@ -103,15 +105,30 @@ class StopControl:
         self._last_save = time.monotonic()
 
 
+# A model whose validation loss is this many nats above the uniform guess (ln V) predicts
+# e times worse than knowing nothing: its training has diverged, whether or not the loss is
+# still finite. (Our choice; any trained model sits far below ln V.)
+DIVERGENCE_MARGIN_NATS = 1.0
+
+
+def validation_divergence(loss: float, vocab_size: int) -> Optional[str]:
+    """What is wrong with a validation loss (mean nats per token) that means divergence: not
+    finite, or above ln(vocab_size) + `DIVERGENCE_MARGIN_NATS`; None for a usable one."""
+    uniform = math.log(vocab_size)
+    if math.isfinite(loss) and loss <= uniform + DIVERGENCE_MARGIN_NATS:
+        return None
+    if not math.isfinite(loss):
+        return f"the validation loss became {loss}"
+    ppl = math.exp(loss) if loss < 709 else math.inf
+    return (f"the validation loss became {loss:.4g} nats (perplexity {ppl:.4g}), more than "
+            f"{DIVERGENCE_MARGIN_NATS:g} nat above the {uniform:.3f} of a uniform guess over the "
+            f"{vocab_size} tokens")
+
+
 def diverged(what: str, epoch: int, last_path: Path, saved_step: Optional[int],
              best_path: Path) -> TrainingError:
     """The error for a non-finite loss, gradient or weight: it names the checkpoints kept."""
-    if saved_step is None:
-        kept = "No last.pt had been written yet"
-    else:
-        kept = f"The last good checkpoint {last_path} (from step {saved_step}) is kept"
-    if best_path.exists():
-        kept += f", and so is {best_path}"
+    kept = kept_checkpoints(last_path, saved_step, best_path)
     return TrainingError(
         f"Training diverged: {what} (epoch {epoch}); the run stopped without saving "
         f"it. {kept}. Lower optim.lr, enable or tighten gradient clipping (optim.clip) or "

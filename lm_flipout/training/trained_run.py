@@ -3,24 +3,28 @@ and score it on a split, as evaluate.py and the variance study do."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 from ..config import Recipe, recipe_from_dict
 from ..data import check_vocab, load_corpus, undefined_char_metrics_note
 from ..data.batching import make_batches
 from ..data.corpus import Corpus
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, DataError, UserError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from .checkpoint import load_checkpoint
+from .data_match import MOVED_HINT, check_split_unchanged, relocate_data
 from .environment import select_device
 from .optimizers import averaged_weights, build_optimizer
 
 
-def load_trained_run(path: str) -> tuple[dict, Recipe, Corpus, LanguageModel]:
+def load_trained_run(path: str, data_overrides: Sequence[str] = ()
+                     ) -> tuple[dict, Recipe, Corpus, LanguageModel]:
     """Rebuild what a checkpoint written by train.py describes: its raw state, the recipe
-    stored in it, the corpus (vocabulary checked against the checkpoint's) and the model on
-    the CPU with the checkpoint's weights. Every mismatch is a clear CheckpointError."""
+    stored in it (``data_overrides`` may say where the data lives now, e.g.
+    ``data.path=DIR``), the corpus (vocabulary checked against the checkpoint's) and the
+    model on the CPU with the checkpoint's weights. Every mismatch is a clear UserError."""
     state = load_checkpoint(path, map_location="cpu")
     missing = [key for key in ("model", "config", "vocab") if key not in state]
     if missing or not isinstance(state.get("config"), dict):
@@ -28,8 +32,12 @@ def load_trained_run(path: str) -> tuple[dict, Recipe, Corpus, LanguageModel]:
             f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
             "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
         )
-    recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
-    corpus = load_corpus(recipe.data)
+    config = relocate_data(state["config"], data_overrides, path)
+    recipe = recipe_from_dict(config, where=f"{path} (its stored config)")
+    try:
+        corpus = load_corpus(recipe.data)
+    except DataError as err:
+        raise DataError(f"{err} {MOVED_HINT}") from None
     check_vocab(corpus, state["vocab"], str(path))
     model = LanguageModel(recipe.model)
     try:
@@ -49,16 +57,18 @@ def _misfit(path: str, err: Exception) -> Exception:
 
 def evaluate_checkpoint(
     path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
-    device: str = "auto",
+    device: str = "auto", data_overrides: Sequence[str] = (), allow_changed_data: bool = False,
 ) -> dict:
     """Rebuild data and model from a checkpoint's own config and score one split.
 
     ``batch_size`` defaults to the recipe's ``data.test_batch_size`` for the test split (1
     unless the recipe says otherwise: the usual protocol) and to ``data.eval_batch_size``
-    otherwise; ``data.eval_protocol`` says whether the state carries across the split. A
-    last.pt taken after NT-ASGD started averaging is scored with the averaged weights, as
-    training evaluates it. Bits per character and word perplexity are left out, with a
-    ``note`` saying why, where tokens became ``<unk>``."""
+    otherwise; ``data.eval_protocol`` says whether the state carries across the split.
+    ``data_overrides`` say where the data lives now; a split whose text changed since training
+    is refused (DataError) unless ``allow_changed_data``, which warns and marks the result
+    ``"data_changed": true``. A last.pt taken after NT-ASGD started averaging is scored with
+    the averaged weights, as training evaluates it. Bits per character and word perplexity are
+    left out, with a ``note`` saying why, where tokens became ``<unk>``."""
     if split not in ("valid", "test"):
         raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
@@ -66,7 +76,8 @@ def evaluate_checkpoint(
     if isinstance(mc_samples, bool) or mc_samples < 0:
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
     target = select_device(device)
-    state, recipe, corpus, model = load_trained_run(path)
+    state, recipe, corpus, model = load_trained_run(path, data_overrides)
+    changed = check_split_unchanged(state, corpus, split, path, allow_changed_data)
     if batch_size is not None:
         recipe.data.eval_batch_size = recipe.data.test_batch_size = batch_size
     optimizer = None
@@ -98,5 +109,7 @@ def evaluate_checkpoint(
             result["word_ppl"] = metrics[f"{split}_word_ppl"]
     else:
         result["note"] = undefined_char_metrics_note(corpus, (split,))
+    if changed:
+        result["data_changed"] = True
     return result
 

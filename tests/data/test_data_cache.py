@@ -9,6 +9,7 @@ import torch
 from lm_flipout.data import DataConfig, load_corpus
 from lm_flipout.data import cache as cache_mod
 from lm_flipout.data import corpus as corpus_mod
+from lm_flipout.data.cache import atomic_torch_save, load_torch
 
 
 def make_cfg(tmp_path: Path, **kw) -> DataConfig:
@@ -61,16 +62,34 @@ def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path):
     Path(path).write_bytes(data[: len(data) // 2])  # truncated
     again = load_corpus(cfg)
     assert again.splits["train"].tokens.tolist() == [2, 3, 2, 0, 4, 0]
-    assert torch.load(path, weights_only=True)["splits"]["train"]["tokens"].tolist() == [2, 3, 2, 0, 4, 0]
+    assert load_torch(path)["splits"]["train"]["tokens"].tolist() == [2, 3, 2, 0, 4, 0]
+
+
+def test_one_flipped_byte_in_the_cached_tokens_is_caught_and_rebuilt(tmp_path, caplog):
+    cfg = make_cfg(tmp_path)
+    good = load_corpus(cfg)
+    path = Path(good.cache_path)
+    data = bytearray(path.read_bytes())
+    tokens = good.splits["train"].tokens.numpy().tobytes()  # stored raw inside the archive
+    at = data.find(tokens)
+    assert at > 0 and data.find(tokens, at + 1) == -1
+    data[at] ^= 0x01  # token 2 becomes token 3: still a valid id, so nothing else notices
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = load_corpus(cfg)
+    assert again.splits["train"].tokens.tolist() == good.splits["train"].tokens.tolist()
+    notices = [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()]
+    assert len(notices) == 1 and str(path) in notices[0] and "\n" not in notices[0]
+    assert load_torch(str(path))["splits"]["train"]["tokens"].tolist() == [2, 3, 2, 0, 4, 0]
 
 
 def test_cache_with_other_key_is_ignored(tmp_path):
     cfg = make_cfg(tmp_path)
     path = load_corpus(cfg).cache_path
-    payload = torch.load(path, weights_only=True)
+    payload = load_torch(path)
     payload["key"] = "0" * 64
     payload["splits"]["train"]["tokens"] = torch.tensor([4, 4, 4])
-    torch.save(payload, path)
+    atomic_torch_save(path, payload)  # a valid checksum: the key alone makes it foreign
     assert load_corpus(cfg).splits["train"].tokens.tolist() == [2, 3, 2, 0, 4, 0]
 
 

@@ -201,7 +201,7 @@ def test_each_rank_draws_its_own_noise_from_identical_weights(tmp_path) -> None:
     assert not torch.equal(r0["unit"], r1["unit"])  # the base perturbation is per rank too
     assert (r0["tracker"], r1["tracker"]) == ("Tracker", "NullTracker")
     assert sorted(p.name for p in (tmp_path / "runs" / "spawned").iterdir()) == [
-        "config.yaml", "metrics.jsonl"]
+        "config.yaml", "metrics.jsonl", "run.lock"]  # its lock ended with the process
     assert "already holds a run" in r0["refused"][0]
     assert r1["refused"] == r0["refused"]  # rank 1 got rank 0's error, both marked as such
 

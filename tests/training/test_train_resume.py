@@ -165,8 +165,10 @@ def test_resume_refuses_changes_to_the_experiment_and_accepts_lr(reference) -> N
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
     assert "--resume: optim.lr changed from 0.01 to 0.005." in messages
     assert "--resume: train.epochs changed from 3 to 4." in messages
-    # Nothing is rewritten before training goes on (metrics.jsonl is cut back to last.pt).
+    # Nothing is rewritten before training goes on (metrics.jsonl is cut back to last.pt);
+    # the trainer holds the run's lock file.
     after = snapshot(run_dir)
+    assert after.pop("run.lock").startswith(b"pid ")
     assert {k: v for k, v in after.items() if k != "metrics.jsonl"} == {
         k: v for k, v in before.items() if k != "metrics.jsonl"}
     assert before["metrics.jsonl"].startswith(after["metrics.jsonl"])

@@ -1,0 +1,82 @@
+"""Failed writes during a run (a full disk, at start or at a checkpoint) are one paragraph that
+names the file, the checkpoint kept intact and the command that resumes; nothing is lost."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+from helpers import mounted_tmpfs, tiny_recipe, write_recipe
+
+import train
+from lm_flipout.config import Recipe, from_dict
+from lm_flipout.training import Trainer
+from lm_flipout.training.checkpoint import load_checkpoint
+from lm_flipout.training.write_failures import RunWriteError
+
+REAL_SAVE = torch.save
+
+
+def disk_full_after(monkeypatch, good_saves: int) -> None:
+    """Let ``good_saves`` saves of last.pt through, then fail the next as torch does when the
+    disk fills (a RuntimeError raised while handling the OSError)."""
+    count = {"last.pt": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "carried_state" in obj:  # last.pt's content
+            count["last.pt"] += 1
+            if count["last.pt"] > good_saves:
+                try:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                except OSError:
+                    raise RuntimeError("[enforce fail at inline_container.cc:626] . "
+                                       "unexpected pos 64 vs 0") from None
+        return REAL_SAVE(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_says_how_to_resume(
+        tmp_path, monkeypatch, capsys, one_thread):
+    recipe = tiny_recipe(tmp_path, train={"epochs": 2, "checkpoint_every_steps": 3})
+    path = write_recipe(tmp_path / "tiny.yaml", recipe)
+    run = tmp_path / "runs" / "run"
+    disk_full_after(monkeypatch, good_saves=2)
+    assert train.main([str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and err.startswith("error: Writing ")
+    assert str(run / "last.pt") in err and "No space left on device" in err
+    kept = load_checkpoint(run / "last.pt")["progress"]["step"]
+    assert kept == 6
+    assert f"The last good checkpoint {run / 'last.pt'} (from step 6) is kept intact" in err
+    assert f"python train.py {path} --resume" in err
+    assert not list(run.glob(".*.tmp"))  # no half-written file left behind
+    monkeypatch.setattr(torch, "save", REAL_SAVE)
+    assert train.main([str(path), "--resume"]) == 0  # and the run goes on from there
+
+
+def test_disk_full_when_the_run_starts_names_the_file(tmp_path, monkeypatch):
+    import lm_flipout.training.run_dir as run_dir_module
+
+    def full(recipe, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_dir_module, "save_recipe", full)
+    recipe = from_dict(Recipe, tiny_recipe(tmp_path), "test")
+    with pytest.raises(RunWriteError) as caught:
+        Trainer(recipe, tmp_path / "runs" / "run", echo=lambda _: None)
+    text = str(caught.value)
+    assert f"Writing {tmp_path / 'runs' / 'run' / 'config.yaml'} failed: No space left" in text
+    assert "No last.pt had been written yet" in text and "--resume" in text
+
+
+def test_a_really_full_disk_at_the_first_checkpoint(tmp_path, one_thread):
+    with mounted_tmpfs(tmp_path / "small", "size=16k") as mount:
+        recipe = tiny_recipe(tmp_path, train={"out_dir": str(mount), "checkpoint_every_steps": 2})
+        trainer = Trainer(from_dict(Recipe, recipe, "test"), mount / "run", echo=lambda _: None)
+        with pytest.raises(RunWriteError) as caught:
+            trainer.run()
+        text = str(caught.value)
+        assert f"Writing {mount / 'run' / 'last.pt'} failed: No space left on device" in text
+        assert not list((mount / "run").glob(".*.tmp")) and not (mount / "run" / "last.pt").exists()
