@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lm_flipout.data import DataConfig, load_corpus, undefined_char_metrics_note
+from lm_flipout.data.cache import atomic_torch_save
 from lm_flipout.evaluation import split_metrics
 
 TRAIN = ["the cat sat on the mat <unk>", "the dog sat on the log", "a cat and a dog"]
@@ -83,10 +84,10 @@ def test_counts_survive_the_cache_and_old_entries_are_rebuilt(tmp_path: Path) ->
     again = corpus(tmp_path, vocab_size=6)
     assert again.cache_path == first.cache_path
     assert again.splits["valid"].unk_chars == first.splits["valid"].unk_chars > 0
-    stale = torch.load(first.cache_path, weights_only=True)
+    stale = torch.load(first.cache_path, weights_only=True)["content"]
     for entry in stale["splits"].values():  # an entry written before the counts existed
         del entry["unk_tokens"], entry["unk_chars"]
-    torch.save(stale, first.cache_path)
+    atomic_torch_save(first.cache_path, stale)  # with a valid checksum: only the keys are old
     rebuilt = corpus(tmp_path, vocab_size=6)
     assert rebuilt.cache_path == first.cache_path
     assert rebuilt.splits["valid"].unk_chars == first.splits["valid"].unk_chars
