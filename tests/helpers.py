@@ -107,3 +107,11 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` with its bytes, to show that nothing changed."""
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def local_ptb() -> Optional[Path]:
+    """Our copy of Penn Treebank: ``$LM_FLIPOUT_DATA/ptb`` (``.ci/run`` sets the variable when
+    ``../shared/data`` is beside the checkout), or None when it is not there."""
+    root = os.environ.get("LM_FLIPOUT_DATA")
+    folder = Path(root) / "ptb" if root else None
+    return folder if folder is not None and (folder / "train.txt").is_file() else None

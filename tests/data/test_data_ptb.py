@@ -1,14 +1,13 @@
-"""Penn Treebank (../shared/data/ptb relative to the repo root): the standard word-level
-counts, and character counts that agree across tokenizers. Skipped when PTB is absent."""
-
-from pathlib import Path
+"""Penn Treebank ($LM_FLIPOUT_DATA/ptb): the standard word-level counts, and character
+counts that agree across tokenizers. Skipped when PTB is absent."""
 
 import pytest
+from helpers import local_ptb
 
 from lm_flipout.data import DataConfig, corpus_stats, load_corpus
 
-PTB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb"
-pytestmark = pytest.mark.skipif(not (PTB / "train.txt").is_file(), reason=f"PTB not found at {PTB}")
+PTB = local_ptb()
+pytestmark = pytest.mark.skipif(PTB is None, reason="no Penn Treebank in $LM_FLIPOUT_DATA/ptb")
 
 
 def test_ptb_word_level_counts(tmp_path):
