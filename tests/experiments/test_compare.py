@@ -103,7 +103,7 @@ def test_suite_skips_finished_runs_trains_the_rest_and_reports_their_results(
 
     report = (reports / "tiny.md").read_text()
     assert_report_matches_results(report, runs)
-    assert f"python -m lm_flipout.experiments.compare {suite}" in report
+    assert f"python -m lm_flipout compare {suite}" in report
     assert "![Validation perplexity per epoch](tiny_valid_ppl.png)" in report
     plot = reports / "tiny_valid_ppl.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
