@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, script_env, tiny_recipe, write_recipe
 
+from helpers import REPO, script_env, tiny_recipe, write_recipe
 from lm_flipout import __version__
 from lm_flipout.cli import bench, compare, data, evaluate, train, variance
 from lm_flipout.cli.main import COMMANDS, main
@@ -54,7 +54,8 @@ def test_every_data_action_has_help(action: str, capsys: pytest.CaptureFixture) 
 def test_version_and_unknown_commands(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
-    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"lm-flipout {__version__}"
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lm-flipout {__version__}"
     with pytest.raises(SystemExit) as exit_info:
         main(["trian"])
     err = capsys.readouterr().err

@@ -28,11 +28,11 @@ optional row label and the paper's numbers:
       paper: {valid_ppl: 132.23, test_ppl: 128.97}
 
 Each run trains in the directory `lm-flipout train` would use (<train.out_dir>/<train.run_name>,
-by default checkpoints/<recipe name>). A run with results.json is finished and skipped; one with last.pt is
-resumed; the others start. Every run gets wandb.group=<the suite's group>, then the overrides
-given here. A run that fails is reported and the others still run; Ctrl-C stops the suite after
-the current run has saved last.pt, and the same command later resumes it. Options and
-key=value overrides may come in any order.
+by default checkpoints/<recipe name>). A run with results.json is finished and skipped; one with
+last.pt is resumed; the others start. Every run gets wandb.group=<the suite's group>, then the
+overrides given here. A run that fails is reported and the others still run; Ctrl-C stops the
+suite after the current run has saved last.pt, and the same command later resumes it. Options
+and key=value overrides may come in any order.
 
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
 parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png

@@ -71,7 +71,8 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
                 handle.write(text.encode() + b"\n")
         except OSError as err:
             raise UserError(f"The result was printed but could not be written to {out} "
-                            f"({err.strerror or err}). Check that the folder is writable.") from None
+                            f"({err.strerror or err}). Check that the folder is writable."
+                            ) from None
     except UserError as error:
         return fail(error)
     return 0

@@ -14,8 +14,13 @@ import torch
 
 from ..errors import UserError
 from ..experiments.variance.gradients import load_frozen_model
-from ..experiments.variance.outputs import (log_to_wandb, plot, print_summary, write_csv,
-                                            write_slopes)
+from ..experiments.variance.outputs import (
+    log_to_wandb,
+    plot,
+    print_summary,
+    write_csv,
+    write_slopes,
+)
 from ..experiments.variance.statistics import SUB_BATCH, summarize
 from ..experiments.variance.study import VarianceSettings, run_variance
 from ..nn.noise import ESTIMATORS

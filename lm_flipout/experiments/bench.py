@@ -23,8 +23,13 @@ from torch import nn
 
 from ..model import LanguageModel, ModelConfig, NoiseConfig
 from ..nn import LSTM, CpuBackend
-from ..nn.backends.cpu.products import (input_product, onednn_weight, step_product,
-                                        transposed_gates, weight_gradient)
+from ..nn.backends.cpu.products import (
+    input_product,
+    onednn_weight,
+    step_product,
+    transposed_gates,
+    weight_gradient,
+)
 from .bench_timing import BASELINE, interleaved_times, step_memory
 
 
@@ -82,13 +87,16 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
     """Time and memory of every variant on one shape."""
     torch.manual_seed(0)
     variants = {name: noise for name, noise in VARIANTS.items()
-                if "independent" not in name or independent_fits(shape, device, independent_limit_gib)}
+                if "independent" not in name
+                or independent_fits(shape, device, independent_limit_gib)}
     x = torch.randn(shape.steps, shape.batch, shape.hidden, device=device)
     tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
-    stacks = {name: build_stack(noise, shape).to(device).train() for name, noise in variants.items()}
+    stacks = {name: build_stack(noise, shape).to(device).train()
+              for name, noise in variants.items()}
     models = {name: build_language_model(noise, shape).to(device).train()
               for name, noise in variants.items()}
-    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1) for name, model in models.items()}
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1)
+                  for name, model in models.items()}
 
     def stack_task(name: str) -> Callable[[], None]:
         def run() -> None:
@@ -187,7 +195,8 @@ def format_products(result: dict) -> str:
     lines = ["| one per-step product | µs |", "|---|---:|"]
     lines += [f"| {name} | {us:.0f} |" for name, us in result["us"].items()]
     lines.append(
-        f"\nMatrix products alone of a flipout stack fwd+bwd: {result['flipout_products_ms']:.1f} ms"
+        "\nMatrix products alone of a flipout stack fwd+bwd: "
+        f"{result['flipout_products_ms']:.1f} ms"
         f" = {result['floor_ratio']:.2f}x the whole torch.nn.LSTM stack "
         f"({result['torch_stack_ms']:.1f} ms; oneDNN prepacking "
         f"{'on' if result['prepacked'] else 'off: plain torch.mm'}).")
@@ -199,7 +208,8 @@ def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str
     lines = [
         f"### {shape_name}: {SHAPES[shape_name]}",
         "",
-        f"| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM | {memory_label} | x no noise |",
+        "| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM "
+        f"| {memory_label} | x no noise |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -25,7 +25,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_command(suite: Suite, run: PlannedRun, overrides: list[str]) -> list[str]:
-    """The arguments after ``python -m lm_flipout train`` that train (or resume) one run of the suite."""
+    """The arguments after ``python -m lm_flipout train`` that train (or resume) one run."""
     return [run.recipe_path, *run_overrides(suite, overrides), "--resume"]
 
 

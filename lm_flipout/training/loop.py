@@ -32,18 +32,40 @@ from ..model import LanguageModel
 from ..nn import detach_state
 from .batches import run_batches
 from .checkpoint import rng_state, save_checkpoint
-from .distributed import (DistContext, broadcast_module, check_batch_sizes, gather_to_main,
-                          init_process_group, main_first, on_main, rank_seed, sum_across_ranks)
+from .distributed import (
+    DistContext,
+    broadcast_module,
+    check_batch_sizes,
+    gather_to_main,
+    init_process_group,
+    main_first,
+    on_main,
+    rank_seed,
+    sum_across_ranks,
+)
 from .environment import seed_everything, select_device
 from .objective import step_loss
 from .optimizers import averaged_weights, build_optimizer, scaled_step
 from .reporting import log_train, optimal_perplexities, report_epoch, report_results, run_facts
 from .resume import adopt_config, checked_last, restore_rng, restore_training
-from .run_dir import (BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir,
-                      write_config, write_results)
+from .run_dir import (
+    BEST_FILE,
+    LAST_FILE,
+    RESULTS_FILE,
+    NullTracker,
+    open_run_dir,
+    write_config,
+    write_results,
+)
 from .schedules import Schedule
-from .state import (Progress, best_checkpoint, first_nonfinite_weight, last_checkpoint,
-                    load_best_weights, state_to_plain)
+from .state import (
+    Progress,
+    best_checkpoint,
+    first_nonfinite_weight,
+    last_checkpoint,
+    load_best_weights,
+    state_to_plain,
+)
 from .stopping import Interrupted, StopControl, diverged
 
 

@@ -29,7 +29,8 @@ from .distributed import DistContext
 from .optimizers import averaged_weights
 from .schedules import Schedule
 
-LAST_KEYS = ("model", "optimizer", "schedule", "progress", "carried_state", "rng", "config", "vocab")
+LAST_KEYS = ("model", "optimizer", "schedule", "progress", "carried_state", "rng", "config",
+             "vocab")
 
 PlainState = Optional[dict[str, list[torch.Tensor]]]  # {"h": [per layer], "c": [per layer]}
 

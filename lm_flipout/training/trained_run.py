@@ -25,7 +25,8 @@ def load_trained_run(path: str) -> tuple[dict, Recipe, Corpus, LanguageModel]:
     missing = [key for key in ("model", "config", "vocab") if key not in state]
     if missing or not isinstance(state.get("config"), dict):
         raise CheckpointError(
-            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
+            f"Checkpoint {path} is an lm_flipout file but lacks "
+            f"{', '.join(missing) or 'a config'}, "
             "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
         )
     recipe = recipe_from_dict(state["config"], where=f"{path} (its stored config)")
@@ -64,7 +65,8 @@ def evaluate_checkpoint(
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
     target = select_device(device)
     state, recipe, corpus, model = load_trained_run(path)
-    recipe.data.eval_batch_size = batch_size or (1 if split == "test" else recipe.data.eval_batch_size)
+    recipe.data.eval_batch_size = (batch_size
+                                   or (1 if split == "test" else recipe.data.eval_batch_size))
     optimizer = None
     if state.get("schedule", {}).get("averaging") and "optimizer" in state:
         try:

@@ -51,7 +51,8 @@ def test_tokenizer_settings_change_key_batching_settings_do_not(tmp_path):
     assert load_corpus(make_cfg(tmp_path, min_freq=2)).cache_path != base
     assert load_corpus(make_cfg(tmp_path, vocab_size=3)).cache_path != base
     assert load_corpus(make_cfg(tmp_path, tokenizer="char")).cache_path != base
-    assert load_corpus(make_cfg(tmp_path, bptt=7, batch_size=3, variable_bptt=True)).cache_path == base
+    cfg = make_cfg(tmp_path, bptt=7, batch_size=3, variable_bptt=True)
+    assert load_corpus(cfg).cache_path == base
 
 
 def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path):
@@ -61,7 +62,8 @@ def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path):
     Path(path).write_bytes(data[: len(data) // 2])  # truncated
     again = load_corpus(cfg)
     assert again.splits["train"].tokens.tolist() == [2, 3, 2, 0, 4, 0]
-    assert torch.load(path, weights_only=True)["splits"]["train"]["tokens"].tolist() == [2, 3, 2, 0, 4, 0]
+    saved = torch.load(path, weights_only=True)
+    assert saved["splits"]["train"]["tokens"].tolist() == [2, 3, 2, 0, 4, 0]
 
 
 def test_cache_with_other_key_is_ignored(tmp_path):

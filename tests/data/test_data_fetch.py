@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import local_ptb
 
+from helpers import local_ptb
 from lm_flipout.cli import data as data_cli
 from lm_flipout.data.fetch import PTB, Download, fetch
 from lm_flipout.errors import DataError
@@ -109,9 +109,11 @@ def test_a_corpus_that_fails_its_checks_writes_nothing(tmp_path: Path, what: str
 def test_an_archive_without_the_corpus_or_not_an_archive_is_refused(tmp_path: Path) -> None:
     download = tiny_download(TEXTS)
     partial = make_archive({"train": TEXTS["train"].encode()})
-    with serving(partial) as url, pytest.raises(DataError, match="has no simple-examples/data/ptb.valid.txt"):
+    missing = "has no simple-examples/data/ptb.valid.txt"
+    with serving(partial) as url, pytest.raises(DataError, match=missing):
         fetch(download, tmp_path, url, progress=False)
-    with serving(b"<html>not found</html>") as url, pytest.raises(DataError, match="not a readable"):
+    with serving(b"<html>not found</html>") as url, \
+            pytest.raises(DataError, match="not a readable"):
         fetch(download, tmp_path, url, progress=False)
     assert list(tmp_path.iterdir()) == []
 

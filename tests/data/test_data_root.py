@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from lm_flipout.cli import train
 from lm_flipout.data import DataConfig, load_corpus
 from lm_flipout.data.root import data_root, resolve_data_path

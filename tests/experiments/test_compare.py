@@ -5,17 +5,16 @@ results.json, --report-only trains nothing; and clear errors for bad suites and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
 
-from lm_flipout.config import load_recipe, recipe_to_yaml
+from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
 from lm_flipout.cli import compare
+from lm_flipout.config import load_recipe, recipe_to_yaml
 
 GROUP = "tiny_suite"
 
@@ -149,7 +148,8 @@ def test_a_failed_run_is_reported_and_the_other_runs_still_train(
     message = " ".join(err[err.rindex("error: "):].split())
     assert message.startswith("error: 1 of 2 runs of the suite failed: plain (the training output")
     assert "Traceback" not in err
-    assert "| [plain](../recipes/broken.yaml) (failed) |" in (tmp_path / "reports" / "tiny.md").read_text()
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "| [plain](../recipes/broken.yaml) (failed) |" in report
 
 
 def one_paragraph_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import local_ptb
 
+from helpers import local_ptb
 from lm_flipout.config import load_recipe, recipe_to_dict
 from lm_flipout.data.root import resolve_data_path
 from lm_flipout.experiments.suite import load_suite, plan_runs
