@@ -11,6 +11,7 @@ from helpers import REPO
 from lm_flipout.cli import train
 from lm_flipout.data import DataConfig, load_corpus
 from lm_flipout.data.root import data_root, resolve_data_path
+from lm_flipout.data.synthetic_source import read_synthetic_splits, synthetic_dir
 from lm_flipout.errors import DataError
 
 
@@ -54,3 +55,17 @@ def test_a_ptb_recipe_without_the_corpus_stops_with_one_paragraph(
     message = " ".join(err.split())
     assert "lm-flipout data fetch ptb" in message and "data.path" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_synthetic_corpus_in_a_relative_cache_dir_is_not_looked_for_in_the_data_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LM_FLIPOUT_DATA", str(tmp_path / "elsewhere"))
+    cfg = DataConfig(source="synthetic", cache_dir=".cache/lm_flipout")
+    folder = synthetic_dir(cfg)  # a finished corpus (meta.json marks it), written by hand
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.txt").write_text("1 2 3\n")
+    (folder / "meta.json").write_text("{}")
+    splits = read_synthetic_splits(cfg)
+    assert splits["train"].origin == str(tmp_path / folder / "train.txt")
