@@ -32,7 +32,7 @@ finish the current step, write last.pt and exit; --resume continues exactly wher
 stopped (on a finished run it only reports the results). A resume may change the training
 length, the checkpoint and log intervals, the device, paths, W&B settings, optim.lr and
 optim.clip. A bare data.path such as `ptb` is a folder under the data root ($LM_FLIPOUT_DATA,
-default ./data); `lm-flipout data fetch ptb` downloads Penn Treebank there.
+default ~/.cache/lm_flipout/data); `lm-flipout data fetch ptb` downloads Penn Treebank there.
 
 data parallel (one model, the batch split across processes; batch sizes stay global):
   torchrun --standalone --nproc_per_node=4 train.py RECIPE [key=value ...] [--resume]
