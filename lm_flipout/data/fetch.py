@@ -7,6 +7,7 @@ line, as `lm_flipout.data.text` counts them)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -73,8 +74,22 @@ def fetch(download: Download, root: Path, url: Optional[str] = None,
             f"(train.txt, valid.txt, test.txt with their checksums). Move it away and fetch "
             f"again, or point recipes at it with data.path={target} if it is a copy you trust."
         )
-    url = url or download.url
+    created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(download, root, url or download.url, timeout, progress)
+    except BaseException:
+        if created_root:  # a failed fetch leaves no trace
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+    return target, True
+
+
+def _download_into(download: Download, root: Path, url: str, timeout: float,
+                   progress: bool) -> None:
+    """Download, check and stage the splits in a temporary folder inside ``root``, then
+    rename that folder to ``root/<name>`` (one rename: all splits or none)."""
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{download.name}-fetch-") as work:
         archive = Path(work) / "archive"
         _download(download, url, archive, timeout, progress, root)
@@ -86,8 +101,7 @@ def fetch(download: Download, root: Path, url: Optional[str] = None,
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.rename(staged, target)
-    return target, True
+        os.rename(staged, root / download.name)
 
 
 def offline_advice(download: Download, root: Path) -> str:

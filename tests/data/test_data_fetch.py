@@ -149,6 +149,7 @@ def test_fetch_command_offline_fails_fast_and_says_what_to_do(
     assert "Traceback" not in err
     assert f"into {tmp_path / 'data' / 'ptb'} as train.txt, valid.txt and test.txt" in message
     assert "data.path=DIR" in message
+    assert not (tmp_path / "data").exists()  # the data root it would have made is gone again
 
 
 @pytest.mark.skipif(local_ptb() is None, reason="no Penn Treebank in $LM_FLIPOUT_DATA/ptb")
