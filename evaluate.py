@@ -1,79 +1,19 @@
 #!/usr/bin/env python
-"""Score a checkpoint on a split. See `python evaluate.py --help`."""
+"""Score a checkpoint on a split: the same command as ``lm-flipout evaluate``. See
+`python evaluate.py --help`."""
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from lm_flipout.cli import fail
-from lm_flipout.errors import UserError
-
-EPILOG = """examples:
-  python evaluate.py checkpoints/quickstart/best.pt                     # test split, batch 1
-  python evaluate.py checkpoints/quickstart/best.pt --split valid --batch-size 10
-  python evaluate.py checkpoints/quickstart/best.pt --mc-samples 10     # Monte-Carlo averaging
-
-Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokenizers; bpc and
-word_ppl only where no token became <unk>, else a note says why) and writes
-it beside the checkpoint as <checkpoint>.<split>[.bsN][.mcK].json (bsN when --batch-size is
-given). Data and model are rebuilt from the config stored in the checkpoint."""
+from lm_flipout.cli import evaluate, exit_with
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py", description="Evaluate a trained checkpoint (perplexity, bits per character).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a best.pt or last.pt written by train.py")
-    parser.add_argument("--split", choices=("valid", "test"), default="test")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="evaluation batch size (default: the recipe's data.test_batch_size, 1 unless "
-                             "set, for test; data.eval_batch_size for valid)")
-    parser.add_argument("--mc-samples", type=int, default=0, metavar="K",
-                        help="average the predicted probabilities of K noise samples (default: 0, mean weights)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--data-path", metavar="DIR",
-                        help="where the data lives now (sets data.path; default: the stored recipe's)")
-    parser.add_argument("--allow-changed-data", action="store_true",
-                        help="score a split whose text changed since training (warns; not comparable)")
-    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
-                        help="where the data lives, e.g. data.test_file=FILE or data.cache_dir=DIR")
-    args = parser.parse_args(argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.mc_samples < 0:
-        parser.error(f"--mc-samples must be 0 or more, got {args.mc_samples}")
-    return args
+def parse_args(argv: list[str]):
+    return evaluate.parse_args(argv, prog="evaluate.py")
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    try:
-        from lm_flipout.atomic import atomic_write
-        from lm_flipout.training import evaluate_checkpoint
-
-        overrides = args.overrides + ([f"data.path={json.dumps(args.data_path)}"]
-                                     if args.data_path else [])
-        result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
-                                     args.mc_samples, args.device, overrides,
-                                     args.allow_changed_data)
-        text = json.dumps(result, indent=2)
-        print(text)
-        suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")
-                  + (f".mc{args.mc_samples}" if args.mc_samples else "") + ".json")
-        out = Path(args.checkpoint).with_suffix(suffix)
-        try:
-            with atomic_write(out) as handle:
-                handle.write(text.encode() + b"\n")
-        except OSError as err:
-            raise UserError(f"The result was printed but could not be written to {out} "
-                            f"({err.strerror or err}). Check that the folder is writable.") from None
-    except UserError as error:
-        return fail(error)
-    return 0
+    return evaluate.main(argv, prog="evaluate.py")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_with(lambda: main(sys.argv[1:]))

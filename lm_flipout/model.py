@@ -126,7 +126,8 @@ class LanguageModel(nn.Module):
     def hidden(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, Tensor, State]:
         """Last-layer outputs before and after output dropout, (T, B, D) each, and the state."""
         if tokens.dim() != 2:
-            raise ValueError(f"LanguageModel: tokens must have shape (T, B), got {tuple(tokens.shape)}.")
+            raise ValueError("LanguageModel: tokens must have shape (T, B), "
+                             f"got {tuple(tokens.shape)}.")
         x = self.embedding_dropout(tokens, self.embedding.weight)
         raw, state = self.lstm(self.input_dropout(x), state)
         return raw, self.output_dropout(raw), state

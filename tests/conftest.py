@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import quiet_wandb_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -128,3 +128,11 @@ def mounted_tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def local_ptb() -> Optional[Path]:
+    """Our copy of Penn Treebank: ``$LM_FLIPOUT_DATA/ptb`` (``.ci/run`` sets the variable when
+    ``../shared/data`` is beside the checkout), or None when it is not there."""
+    root = os.environ.get("LM_FLIPOUT_DATA")
+    folder = Path(root) / "ptb" if root else None
+    return folder if folder is not None and (folder / "train.txt").is_file() else None

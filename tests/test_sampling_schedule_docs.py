@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 from helpers import REPO
-
 from lm_flipout.nn.lstm import LSTMLayer
 
 

@@ -119,7 +119,8 @@ def convert_value(tp: Any, value: Any, where: str, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise type_error(where, key, tp, value)
         item_type = args[0] if args else Any
-        return [convert_value(item_type, item, where, f"{key}[{i}]") for i, item in enumerate(value)]
+        return [convert_value(item_type, item, where, f"{key}[{i}]")
+                for i, item in enumerate(value)]
     if is_dict(tp):
         return _convert_mapping(tp, value, where, key)
     if dataclasses.is_dataclass(tp):

@@ -4,8 +4,8 @@ overrides, and writing one back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
 

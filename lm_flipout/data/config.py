@@ -23,7 +23,9 @@ class DataConfig:
     # "synthetic": a corpus sampled from a small hidden Markov model (lm_flipout.data.hmm)
     # whose best achievable perplexity is known; generated once into cache_dir, no network.
     source: Literal["files", "huggingface", "synthetic"] = "files"
-    # Directory holding train.txt, valid.txt and test.txt (source=files).
+    # Directory holding train.txt, valid.txt and test.txt (source=files). A bare name such as
+    # `ptb` is a folder under the data root ($LM_FLIPOUT_DATA, default ~/.cache/lm_flipout/data;
+    # `lm-flipout data fetch ptb` fills it); a path starting with /, ~, ./ or ../ is used as is.
     path: Optional[str] = None
     # Explicit path of the training split; overrides `path` for this split.
     train_file: Optional[str] = None

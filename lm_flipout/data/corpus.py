@@ -26,8 +26,14 @@ from lm_flipout.data.text import (
     is_char_ptb_form,
     split_lines,
 )
-from lm_flipout.data.tokenizers import (EOS, build_vocab, char_tokens, encode, unknown_counts,
-                                        word_tokens)
+from lm_flipout.data.tokenizers import (
+    EOS,
+    build_vocab,
+    char_tokens,
+    encode,
+    unknown_counts,
+    word_tokens,
+)
 from lm_flipout.errors import DataError
 
 CACHE_FORMAT = 1

@@ -43,6 +43,7 @@ def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
 def read_synthetic_splits(cfg: DataConfig) -> dict[str, RawSplit]:
     """The corpus's splits (generated on first use), read as local files."""
     ensure_synthetic_corpus(cfg)
-    as_files = dataclasses.replace(cfg, source="files", path=str(synthetic_dir(cfg)),
+    # absolute: a relative data.path would name a folder under the data root
+    as_files = dataclasses.replace(cfg, source="files", path=str(synthetic_dir(cfg).absolute()),
                                    train_file=None, valid_file=None, test_file=None)
     return read_local_splits(as_files)

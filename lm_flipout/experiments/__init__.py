@@ -1,7 +1,7 @@
 """Experiments built on the library: comparison suites and their reports.
 
 A suite (``recipes/suites/*.yaml``, read by `lm_flipout.experiments.suite`) lists recipes
-that are compared on equal terms; ``python -m lm_flipout.experiments.compare SUITE`` trains
+that are compared on equal terms; ``lm-flipout compare SUITE`` trains
 every row that has not finished and writes ``reports/<suite>.md`` and a validation-curve
 plot (`lm_flipout.experiments.report`).
 """

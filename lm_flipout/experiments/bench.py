@@ -1,6 +1,6 @@
 """Speed and memory of the perturbed LSTM against ``torch.nn.LSTM``.
 
-    python -m lm_flipout.experiments.bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
+    lm-flipout bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
 
 For each shape and variant it times forward+backward of the LSTM stack alone and a full
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
@@ -13,12 +13,8 @@ bytes of tensors saved for backward, i.e. the activation memory of the step.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -27,8 +23,13 @@ from torch import nn
 
 from ..model import LanguageModel, ModelConfig, NoiseConfig
 from ..nn import LSTM, CpuBackend
-from ..nn.backends.cpu.products import (input_product, onednn_weight, step_product,
-                                        transposed_gates, weight_gradient)
+from ..nn.backends.cpu.products import (
+    input_product,
+    onednn_weight,
+    step_product,
+    transposed_gates,
+    weight_gradient,
+)
 from .bench_timing import BASELINE, interleaved_times, step_memory
 
 
@@ -86,13 +87,16 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
     """Time and memory of every variant on one shape."""
     torch.manual_seed(0)
     variants = {name: noise for name, noise in VARIANTS.items()
-                if "independent" not in name or independent_fits(shape, device, independent_limit_gib)}
+                if "independent" not in name
+                or independent_fits(shape, device, independent_limit_gib)}
     x = torch.randn(shape.steps, shape.batch, shape.hidden, device=device)
     tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
-    stacks = {name: build_stack(noise, shape).to(device).train() for name, noise in variants.items()}
+    stacks = {name: build_stack(noise, shape).to(device).train()
+              for name, noise in variants.items()}
     models = {name: build_language_model(noise, shape).to(device).train()
               for name, noise in variants.items()}
-    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1) for name, model in models.items()}
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1)
+                  for name, model in models.items()}
 
     def stack_task(name: str) -> Callable[[], None]:
         def run() -> None:
@@ -191,7 +195,8 @@ def format_products(result: dict) -> str:
     lines = ["| one per-step product | µs |", "|---|---:|"]
     lines += [f"| {name} | {us:.0f} |" for name, us in result["us"].items()]
     lines.append(
-        f"\nMatrix products alone of a flipout stack fwd+bwd: {result['flipout_products_ms']:.1f} ms"
+        "\nMatrix products alone of a flipout stack fwd+bwd: "
+        f"{result['flipout_products_ms']:.1f} ms"
         f" = {result['floor_ratio']:.2f}x the whole torch.nn.LSTM stack "
         f"({result['torch_stack_ms']:.1f} ms; oneDNN prepacking "
         f"{'on' if result['prepacked'] else 'off: plain torch.mm'}).")
@@ -203,7 +208,8 @@ def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str
     lines = [
         f"### {shape_name}: {SHAPES[shape_name]}",
         "",
-        f"| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM | {memory_label} | x no noise |",
+        "| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM "
+        f"| {memory_label} | x no noise |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -214,48 +220,7 @@ def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lm_flipout.experiments.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("--shapes", default="ptb-small,ptb-medium,char",
-                        help=f"comma-separated, from {', '.join(SHAPES)}")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--independent-limit-gib", type=float, default=1.0,
-                        help="skip the independent estimator where its weights exceed this")
-    parser.add_argument("--json", default="bench.json", help="where to write the results")
-    args = parser.parse_args(argv)
-    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
-    if unknown:
-        parser.error(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
-    return args
+if __name__ == "__main__":  # the older spelling of `lm-flipout bench`
+    from ..cli.bench import main
 
-
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
-               "machine": platform.processor() or platform.machine(),
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               "command": " ".join(["python -m lm_flipout.experiments.bench", *argv]), "shapes": {}}
-    for name in args.shapes.split(","):
-        rows = measure_shape(SHAPES[name], device, args.warmup, args.repeats,
-                             args.independent_limit_gib)
-        results["shapes"][name] = rows
-        print(format_table(name, rows, device), "\n", flush=True)
-        products = measure_products(SHAPES[name], device, args.warmup, args.repeats)
-        results.setdefault("products", {})[name] = products
-        print(format_products(products), "\n", flush=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.experiments.bench"))

@@ -102,7 +102,8 @@ class WeightNoise:
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"WeightNoise: sigma={sigma!r} must be a finite number >= 0.")
         if not (isinstance(p, (int, float)) and 0 <= p < 1):
-            raise ValueError(f"WeightNoise: p={p!r} must lie in [0, 1) (the DropConnect drop rate).")
+            raise ValueError(f"WeightNoise: p={p!r} must lie in [0, 1) "
+                             "(the DropConnect drop rate).")
         problem = flipout_asymmetry(family, estimator, p)
         if problem:
             raise ValueError(f"WeightNoise: {problem}")

@@ -6,10 +6,11 @@ from .loop import Trainer
 from .resume import RESUME_MAY_CHANGE
 from .run_dir import RESULTS_FILE, AlreadyFinished, read_results
 from .stopping import Interrupted
-from .write_failures import RunWriteError
 from .trained_run import evaluate_checkpoint, load_trained_run
+from .write_failures import RunWriteError
 
 __all__ = [
-    "RESULTS_FILE", "RESUME_MAY_CHANGE", "AlreadyFinished", "Interrupted", "RunWriteError", "Trainer",
+    "RESULTS_FILE", "RESUME_MAY_CHANGE", "AlreadyFinished", "Interrupted", "RunWriteError",
+    "Trainer",
     "evaluate_checkpoint", "load_trained_run", "read_results", "select_device",
 ]

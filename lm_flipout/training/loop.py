@@ -29,13 +29,28 @@ from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from ..nn import detach_state
 from .batches import run_batches
-from .distributed import (DistContext, broadcast_module, check_batch_sizes, init_process_group,
-                          main_first, on_main, rank_seed, sum_across_ranks)
+from .distributed import (
+    DistContext,
+    broadcast_module,
+    check_batch_sizes,
+    init_process_group,
+    main_first,
+    on_main,
+    rank_seed,
+    sum_across_ranks,
+)
 from .environment import seed_everything, select_device
 from .objective import step_loss
 from .optimizers import averaged_weights, build_optimizer, scaled_step
-from .reporting import (eval_protocol, log_train, optimal_perplexities, report_epoch,
-                        report_results, results_line, run_facts)
+from .reporting import (
+    eval_protocol,
+    log_train,
+    optimal_perplexities,
+    report_epoch,
+    report_results,
+    results_line,
+    run_facts,
+)
 from .resources import check_memory
 from .resume import adopt_config, checked_last, restore_rng, restore_training
 from .run_dir import BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir, write_results

@@ -20,8 +20,13 @@ from .checkpoint import rng_state, save_checkpoint
 from .distributed import DistContext, gather_to_main, on_main
 from .run_dir import write_config
 from .schedules import Schedule
-from .state import (Progress, best_checkpoint, first_nonfinite_weight, last_checkpoint,
-                    state_to_plain)
+from .state import (
+    Progress,
+    best_checkpoint,
+    first_nonfinite_weight,
+    last_checkpoint,
+    state_to_plain,
+)
 from .stopping import StopControl, diverged
 from .write_failures import guarded_write, kept_checkpoints
 

@@ -1,9 +1,10 @@
 """What a run's checkpoints hold.
 
 ``last.pt`` holds the model, optimizer, schedule, the `Progress` record (with the exact data
-position), the LSTM state carried between windows, every RNG state, the recipe and the
-vocabulary and the data's digests: enough to continue the run exactly. ``best.pt`` holds the weights of the best
-validation epoch (NT-ASGD's averaged ones once it averages), the recipe and the vocabulary.
+position), the LSTM state carried between windows, every RNG state, the recipe, the
+vocabulary and the data's digests: enough to continue the run exactly. ``best.pt`` holds the
+weights of the best validation epoch (NT-ASGD's averaged ones once it averages), the recipe
+and the vocabulary.
 
 Data parallel: the carried state of the global batch is stored, as one process holding the
 whole batch would hold it; each rank owns a block of its columns (see
@@ -30,7 +31,8 @@ from .distributed import DistContext
 from .optimizers import averaged_weights
 from .schedules import Schedule
 
-LAST_KEYS = ("model", "optimizer", "schedule", "progress", "carried_state", "rng", "config", "vocab")
+LAST_KEYS = ("model", "optimizer", "schedule", "progress", "carried_state", "rng", "config",
+             "vocab")
 
 PlainState = Optional[dict[str, list[torch.Tensor]]]  # {"h": [per layer], "c": [per layer]}
 

@@ -29,7 +29,8 @@ def load_trained_run(path: str, data_overrides: Sequence[str] = ()
     missing = [key for key in ("model", "config", "vocab") if key not in state]
     if missing or not isinstance(state.get("config"), dict):
         raise CheckpointError(
-            f"Checkpoint {path} is an lm_flipout file but lacks {', '.join(missing) or 'a config'}, "
+            f"Checkpoint {path} is an lm_flipout file but lacks "
+            f"{', '.join(missing) or 'a config'}, "
             "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
         )
     config = relocate_data(state["config"], data_overrides, path)
@@ -98,7 +99,8 @@ def evaluate_checkpoint(
         "ppl": metrics[f"{split}_ppl"],
         "loss": metrics[f"{split}_loss"],
         "tokens": tokens,
-        "batch_size": recipe.data.test_batch_size if split == "test" else recipe.data.eval_batch_size,
+        "batch_size": (recipe.data.test_batch_size if split == "test"
+                       else recipe.data.eval_batch_size),
         "carries_state": batches.carries_state,
         "mc_samples": mc_samples,
         "checkpoint": str(path),

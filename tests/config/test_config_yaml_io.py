@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 from lm_flipout.config import (
     OptimConfig,
     Recipe,
@@ -18,6 +17,7 @@ from lm_flipout.config import (
     save_recipe,
 )
 from lm_flipout.errors import ConfigError
+from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_load_recipe_reads_yaml_and_defaults_run_name_to_file_stem(write_recipe) -> None:

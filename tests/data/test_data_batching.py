@@ -127,7 +127,8 @@ def test_sequences_shuffle_resume_and_sharding():
     assert seen != list(range(20))  # shuffled
     assert as_lists(sq.iterate(epoch=0)) == as_lists(epoch0)
     assert as_lists(sq.iterate(epoch=1)) != as_lists(epoch0)
-    assert as_lists(SequenceBatches(tokens, 4, 3, seed=11).iterate(epoch=0, start=3)) == as_lists(epoch0[3:])
+    resumed = SequenceBatches(tokens, 4, 3, seed=11).iterate(epoch=0, start=3)
+    assert as_lists(resumed) == as_lists(epoch0[3:])
     assert list(sq.iterate(epoch=0, start=5)) == []
     with pytest.raises(DataError, match="batch 6"):
         list(sq.iterate(epoch=0, start=6))

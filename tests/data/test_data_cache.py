@@ -52,7 +52,8 @@ def test_tokenizer_settings_change_key_batching_settings_do_not(tmp_path):
     assert load_corpus(make_cfg(tmp_path, min_freq=2)).cache_path != base
     assert load_corpus(make_cfg(tmp_path, vocab_size=3)).cache_path != base
     assert load_corpus(make_cfg(tmp_path, tokenizer="char")).cache_path != base
-    assert load_corpus(make_cfg(tmp_path, bptt=7, batch_size=3, variable_bptt=True)).cache_path == base
+    cfg = make_cfg(tmp_path, bptt=7, batch_size=3, variable_bptt=True)
+    assert load_corpus(cfg).cache_path == base
 
 
 def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path):

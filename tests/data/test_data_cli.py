@@ -43,10 +43,14 @@ def test_stats_command_end_to_end(tmp_path):
     stats = json.loads(done.stdout)
     assert stats["tokenizer"] == "char" and stats["vocab_size"] == 6  # <eos> <unk> a ' ' b c
     assert stats["splits"]["train"] == {"tokens": 8, "characters": 8, "words": 6}
-    assert Path(stats["cache_path"]).is_file() and Path(stats["cache_path"]).parent == tmp_path / "cache"
+    cache_path = Path(stats["cache_path"])
+    assert cache_path.is_file() and cache_path.parent == tmp_path / "cache"
 
     bad = subprocess.run(
-        [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe), f"data.path={tmp_path / 'nope'}"],
+        [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe),
+         f"data.path={tmp_path / 'nope'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert bad.returncode == 2 and "train.txt does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    message = " ".join(bad.stderr.split())  # one paragraph, wrapped
+    assert bad.returncode == 2 and "train.txt does not exist" in message
+    assert "Traceback" not in bad.stderr

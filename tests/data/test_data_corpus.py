@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm_flipout.data import DataConfig, Split, bits_per_char, check_vocab, load_corpus, word_perplexity
+from lm_flipout.data import (
+    DataConfig,
+    Split,
+    bits_per_char,
+    check_vocab,
+    load_corpus,
+    word_perplexity,
+)
 from lm_flipout.errors import DataError
 
 TRAIN = "the cat sat\nthe dog\n\nthe cat ran\n"

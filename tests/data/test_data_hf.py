@@ -30,7 +30,8 @@ def write_text_files(root: Path) -> dict[str, str]:
 
 def hf_cfg(tmp_path: Path, **kw) -> DataConfig:
     return DataConfig(
-        source="huggingface", cache_dir=str(tmp_path / "cache"), hf_cache_dir=str(tmp_path / "hf"), **kw
+        source="huggingface", cache_dir=str(tmp_path / "cache"),
+        hf_cache_dir=str(tmp_path / "hf"), **kw
     )
 
 
@@ -106,7 +107,8 @@ def assert_fast_hub_failure(tmp_path):
     assert time.monotonic() - start < 10
     msg = str(err.value)
     assert "lm-flipout-tests/no-such-dataset" in msg and "unreachable" in msg
-    assert "data.source=files data.path=" in msg and "data.hf_name=text" in msg and "hf_data_files" in msg
+    assert "data.source=files data.path=" in msg and "data.hf_name=text" in msg
+    assert "hf_data_files" in msg
 
 
 def test_hub_load_without_network_fails_fast(tmp_path, monkeypatch):

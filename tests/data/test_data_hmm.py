@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lm_flipout.errors import ConfigError, DataError
 from lm_flipout.data.hmm import EOL, HMM, HMMSpec, build_hmm
 from lm_flipout.data.hmm_corpus import sample_corpus, write_corpus
 from lm_flipout.data.hmm_entropy import entropy_rate, estimate_entropy_rate, sequence_nll
+from lm_flipout.errors import ConfigError, DataError
 
 SMALL_SIZES = {"train": 3000, "valid": 500, "test": 500}
 

@@ -99,7 +99,8 @@ def test_bpc_and_word_ppl_only_where_defined(tmp_path: Path) -> None:
     assert set(metrics) == {"valid_loss", "valid_ppl"}
     note = undefined_char_metrics_note(cut)
     valid = cut.splits["valid"]
-    tokens = f"{valid.unk_tokens} of its {valid.n_tokens} tokens, {100 * valid.unk_tokens / valid.n_tokens:.3g}%"
+    share = 100 * valid.unk_tokens / valid.n_tokens
+    tokens = f"{valid.unk_tokens} of its {valid.n_tokens} tokens, {share:.3g}%"
     assert tokens in note
     assert f"holding {100 * valid.unk_chars / valid.n_chars:.3g}% of its characters" in note
     assert "data.vocab_size" in note and "valid split" in note and "test split" in note

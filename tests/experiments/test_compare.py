@@ -5,17 +5,16 @@ results.json, --report-only trains nothing; and clear errors for bad suites and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
 
+from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
+from lm_flipout.cli import compare
 from lm_flipout.config import load_recipe, recipe_to_yaml
-from lm_flipout.experiments import compare
 
 GROUP = "tiny_suite"
 
@@ -38,10 +37,13 @@ def make_suite(root: Path, epochs: int = 2) -> Path:
 
 
 def run_compare(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m lm_flipout compare ARGS`` run from ``root``, outside the checkout, as an
+    installed package runs (the checkout on PYTHONPATH instead of installed)."""
+    env = {**script_env(root), "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "lm_flipout.experiments.compare", *args,
+        [sys.executable, "-m", "lm_flipout", "compare", *args,
          "--reports-dir", str(root / "reports")],
-        cwd=REPO, env=script_env(root), capture_output=True, text=True, timeout=180)
+        cwd=root, env=env, capture_output=True, text=True, timeout=180)
 
 
 def report_rows(report: str) -> dict[str, dict[str, str]]:
@@ -90,6 +92,8 @@ def test_suite_skips_finished_runs_trains_the_rest_and_reports_their_results(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[1/2] plain: finished, skipped" in proc.stdout
     assert "[2/2] flipout: starting" in proc.stdout
+    started = proc.stdout[proc.stdout.index("[2/2] flipout: starting"):].splitlines()[1]
+    assert started.strip().startswith("python -m lm_flipout train ") and "flipout.yaml" in started
     assert snapshot(runs / "plain") == before  # not retrained, not even touched
     assert (runs / "plain" / "results.json").stat().st_mtime_ns == results_mtime
     config = yaml.safe_load((runs / "flipout" / "config.yaml").read_text())
@@ -98,7 +102,7 @@ def test_suite_skips_finished_runs_trains_the_rest_and_reports_their_results(
 
     report = (reports / "tiny.md").read_text()
     assert_report_matches_results(report, runs)
-    assert f"python -m lm_flipout.experiments.compare {suite}" in report
+    assert f"python -m lm_flipout compare {suite}" in report
     assert "![Validation perplexity per epoch](tiny_valid_ppl.png)" in report
     plot = reports / "tiny_valid_ppl.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,12 +143,13 @@ def test_a_failed_run_is_reported_and_the_other_runs_still_train(
                            "--reports-dir", str(tmp_path / "reports")])
     out, err = capfd.readouterr()
     assert status == 2
-    assert "[1/2] plain: train.py failed with exit status 2" in err
+    assert "[1/2] plain: training failed with exit status 2" in err
     assert (tmp_path / "runs" / "flipout" / "results.json").is_file()
     message = " ".join(err[err.rindex("error: "):].split())
-    assert message.startswith("error: 1 of 2 runs of the suite failed: plain (the output")
+    assert message.startswith("error: 1 of 2 runs of the suite failed: plain (the training output")
     assert "Traceback" not in err
-    assert "| [plain](../recipes/broken.yaml) (failed) |" in (tmp_path / "reports" / "tiny.md").read_text()
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "| [plain](../recipes/broken.yaml) (failed) |" in report
 
 
 def one_paragraph_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -207,7 +212,14 @@ def test_help_describes_the_suite_format_and_options(capsys: pytest.CaptureFixtu
     for words in ("--report-only", "--reports-dir", "key=value", "group:", "paper:",
                   "results.json is finished", "last.pt is", "_valid_ppl.png"):
         assert words in out
-    assert os.path.basename(compare.TRAIN_SCRIPT) == "train.py" and compare.TRAIN_SCRIPT.is_file()
+
+
+def test_the_older_module_entry_point_still_runs_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "lm_flipout.experiments.compare", "--help"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m lm_flipout.experiments.compare")
+    assert "--report-only" in done.stdout
 
 
 def test_report_only_shows_unfinished_runs_and_settings_that_differ_from_the_recipe(

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
+from helpers import tiny_recipe
+from lm_flipout.cli.variance import main, parse_batch_sizes, parse_estimators
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import UserError
-from lm_flipout.experiments.variance.cli import main, parse_batch_sizes, parse_estimators
 from lm_flipout.training import Trainer
 
 REPO = Path(__file__).resolve().parents[2]

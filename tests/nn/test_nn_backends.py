@@ -4,8 +4,8 @@ the CPU backend's buffers and products."""
 
 import pytest
 import torch
-from helpers_nn import layer_operands
 
+from helpers_nn import layer_operands
 from lm_flipout.nn import LSTM, CpuBackend, ReferenceBackend, lstm_layer, use_backend
 from lm_flipout.nn.backends import select_backend
 from lm_flipout.nn.backends.cpu import kernels
@@ -52,7 +52,7 @@ def test_backend_matches_reference_outputs_and_gradients(backend, flipout, maske
               for name, outputs in results.items()}
     # weight gradients sum over steps × batch terms: float32 rounding grows with its root
     tolerance = 1e-5 * max(1.0, (steps * batch / 56) ** 0.5)
-    for repeat in range(2):  # the second backward runs on the scratch buffers of the first
+    for _repeat in range(2):  # the second backward runs on the scratch buffers of the first
         grads = torch.autograd.grad(losses["backend"], leaves, retain_graph=True)
         ref_grads = torch.autograd.grad(losses["reference"], leaves, retain_graph=True)
         for a, b in zip(grads, ref_grads):

@@ -3,8 +3,8 @@ computation: the LSTM with flipout (Wen et al. 2018, eq. 5) written with autogra
 
 import pytest
 import torch
-from helpers_nn import autograd_flipout_reference, layer_operands
 
+from helpers_nn import autograd_flipout_reference, layer_operands
 from lm_flipout.nn import lstm_layer
 
 
@@ -39,7 +39,7 @@ def test_reference_backward_matches_autograd_reference(flipout, masked, batch, i
     ref_loss = sum((t * p).sum() for t, p in zip((ry, rh, rc), probes))
     # weight gradients sum over steps × batch terms: float32 rounding grows with its root
     tolerance = 1e-5 * max(1.0, (steps * batch / 56) ** 0.5)
-    for repeat in range(2):  # a second backward through the same graph gives the same
+    for _repeat in range(2):  # a second backward through the same graph gives the same
         grads = torch.autograd.grad(loss, leaves, retain_graph=True)
         ref_grads = torch.autograd.grad(ref_loss, leaves, retain_graph=True)
         for a, b in zip(grads, ref_grads):

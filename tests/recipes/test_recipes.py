@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import local_ptb
 from lm_flipout.config import load_recipe, recipe_to_dict
+from lm_flipout.data.root import resolve_data_path
 from lm_flipout.experiments.suite import load_suite, plan_runs
 from lm_flipout.model import LanguageModel
 
@@ -53,15 +55,15 @@ def test_every_recipe_loads_and_validates(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=ids(RECIPES))
-def test_local_data_paths_point_beside_the_checkout(path: Path) -> None:
+def test_local_corpora_are_named_under_the_data_root(path: Path) -> None:
     recipe = load_recipe(path)
     if recipe.data.source != "files":
         return
-    assert recipe.data.path == "../shared/data/ptb"
-    if not (REPO.parent / "shared").is_dir():
-        pytest.skip("no ../shared beside this checkout")
-    assert all((REPO / recipe.data.path / f"{split}.txt").is_file()
-               for split in ("train", "valid", "test"))
+    assert recipe.data.path == "ptb"  # a bare name: <data root>/ptb, never a machine's path
+    ptb = local_ptb()
+    if ptb is None:
+        pytest.skip("no Penn Treebank in $LM_FLIPOUT_DATA/ptb")
+    assert Path(resolve_data_path(recipe.data.path)) == ptb
 
 
 @pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))

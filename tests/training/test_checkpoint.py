@@ -13,7 +13,12 @@ import torch
 
 from lm_flipout.errors import CheckpointError
 from lm_flipout.training import checkpoint
-from lm_flipout.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lm_flipout.training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def small_state() -> dict:
@@ -203,8 +208,8 @@ def test_set_rng_state_rejects_incomplete_state() -> None:
 
 
 def test_truncated_multi_tensor_checkpoint_is_reported_as_truncated(tmp_path):
-    from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
     from lm_flipout.errors import CheckpointError
+    from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint({f"w{i}": torch.randn(64, 64) for i in range(8)}, path)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, run_script, script_env, tiny_recipe, write_recipe
 
 import train
+from helpers import REPO, run_script, script_env, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import DataError, TrainingError, UserError
 from lm_flipout.tracking import read_metrics
@@ -164,8 +164,8 @@ def _noise_worker(rank: int, root: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
-    from lm_flipout.training import distributed
     from lm_flipout.nn.noise import WeightNoise
+    from lm_flipout.training import distributed
 
     recipe = from_dict(Recipe, tiny_recipe(Path(root)), "test recipe")
     ctx = from_environment()

@@ -9,13 +9,12 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
+from helpers import tiny_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import ConfigError, TrainingError
 from lm_flipout.model import LanguageModel
-from lm_flipout.training import Trainer
-from lm_flipout.training import resources
+from lm_flipout.training import Trainer, resources
 from lm_flipout.training.run_dir import write_results
 from lm_flipout.training.stopping import DIVERGENCE_MARGIN_NATS, validation_divergence
 

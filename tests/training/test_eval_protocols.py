@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
+from helpers import tiny_recipe
 from lm_flipout.config import Recipe, from_dict, recipe_from_dict
 from lm_flipout.data import load_corpus
 from lm_flipout.model import LanguageModel

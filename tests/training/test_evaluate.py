@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
 import evaluate
+from helpers import tiny_recipe
 from lm_flipout.config import Recipe, from_dict, recipe_from_dict
 from lm_flipout.data import load_corpus, make_batches
 from lm_flipout.evaluation import total_nll

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
 import evaluate
+from helpers import tiny_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.data.raw import digest_of
 from lm_flipout.errors import CheckpointError

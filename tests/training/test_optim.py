@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_recipe
 
+from helpers import tiny_recipe
 from lm_flipout.config import OptimConfig, Recipe, from_dict
 from lm_flipout.tracking import read_metrics
 from lm_flipout.training import Trainer

@@ -9,8 +9,8 @@ import socket
 import time
 
 import pytest
-from helpers import mounted_tmpfs, run_script, start_script, tiny_recipe, write_recipe
 
+from helpers import mounted_tmpfs, run_script, start_script, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import TrainingError
 from lm_flipout.training import Trainer
@@ -22,7 +22,8 @@ def test_a_second_lock_on_a_run_is_refused_naming_the_holder_and_released_cleanl
     run_dir = tmp_path / "out" / "runs" / "run"
     first = RunLock(run_dir)
     first.acquire()
-    assert (run_dir / LOCK_FILE).read_text() == f"pid {os.getpid()} on host {socket.gethostname()}\n"
+    holder = f"pid {os.getpid()} on host {socket.gethostname()}\n"
+    assert (run_dir / LOCK_FILE).read_text() == holder
     with pytest.raises(RunInUse) as caught:
         RunLock(run_dir).acquire()  # flock conflicts between two opens, even in one process
     text = str(caught.value)
@@ -84,8 +85,8 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
 
 
 def test_ctrl_c_while_the_corpus_loads_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
-    import train
     import lm_flipout.training.loop as loop
+    import train
 
     def interrupted(cfg):
         raise KeyboardInterrupt

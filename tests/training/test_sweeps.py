@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, tiny_recipe, write_recipe
 
 import train
+from helpers import REPO, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, WandbConfig, load_recipe
 from lm_flipout.errors import ConfigError
 from lm_flipout.sweeps import check_sweep_logging, sweep_run_name

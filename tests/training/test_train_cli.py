@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_script, snapshot, start_script, tiny_recipe, write_recipe
 
 import evaluate
 import train
+from helpers import run_script, snapshot, start_script, tiny_recipe, write_recipe
 from lm_flipout.config import load_recipe
 from lm_flipout.tracking import read_metrics
 from lm_flipout.training.checkpoint import load_checkpoint

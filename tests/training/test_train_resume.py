@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import snapshot, tiny_recipe, write_recipe
 
 import train
+from helpers import snapshot, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import DataError, TrainingError
 from lm_flipout.tracking import read_metrics
@@ -139,7 +139,8 @@ def test_max_steps_stops_mid_epoch_and_resumes_to_the_same_results(reference,
     crash_when(monkeypatch, "_end_epoch", lambda t: t.progress.step == max_steps)
     with pytest.raises(Crash):
         train_run(root, "max_steps_crash", train=settings)
-    assert load_checkpoint(root / "runs" / "max_steps_crash" / "last.pt")["progress"]["step"] == max_steps
+    last = load_checkpoint(root / "runs" / "max_steps_crash" / "last.pt")
+    assert last["progress"]["step"] == max_steps
     monkeypatch.undo()
     same_results(train_run(root, "max_steps_crash", resume=True, train=settings), expected)
 

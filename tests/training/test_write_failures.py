@@ -7,9 +7,9 @@ import errno
 
 import pytest
 import torch
-from helpers import mounted_tmpfs, tiny_recipe, write_recipe
 
 import train
+from helpers import mounted_tmpfs, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.training import Trainer
 from lm_flipout.training.checkpoint import load_checkpoint

@@ -1,7 +1,7 @@
 """Gradient variance against batch size for shared, flipout and independent weight noise
 (Wen et al. 2018, Figure 1c).
 
-    python -m lm_flipout.experiments.variance runs/ptb/best.pt --batch-sizes 1,2,4,...,4096
+    lm-flipout variance runs/ptb/best.pt --batch-sizes 1,2,4,...,4096
 
 A trained model is frozen (eval mode: every dropout off) and multiplicative Gaussian noise
 ``W = W̄ ∘ (1 + σE)`` is put on the first layer's recurrent matrix only. One *draw* is a
@@ -25,5 +25,6 @@ Confidence intervals: jackknife over the R draws, on the log scale.
 
 Modules: `statistics` (nested means, per-weight variance and its interval, slopes),
 `gradients` (the frozen model, the draw's noise, per-sub-batch gradients), `study` (every
-estimator × draw into rows), `outputs` (CSV, figure, W&B, printing) and `cli`.
+estimator × draw into rows) and `outputs` (CSV, figure, W&B, printing); the command line is
+`lm_flipout.cli.variance`.
 """

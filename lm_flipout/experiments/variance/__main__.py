@@ -1,8 +1,9 @@
-"""``python -m lm_flipout.experiments.variance``: see `lm_flipout.experiments.variance.cli`."""
+"""``python -m lm_flipout.experiments.variance``: the older spelling of
+``lm-flipout variance`` (`lm_flipout.cli.variance`)."""
 
 import sys
 
-from .cli import main
+from ...cli.variance import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.experiments.variance"))

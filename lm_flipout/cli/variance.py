@@ -1,5 +1,5 @@
-"""``python -m lm_flipout.experiments.variance CHECKPOINT [options]``: parse and check the
-flags, run the study and write its outputs."""
+"""``lm-flipout variance CHECKPOINT [options]``: parse and check the flags, run the
+gradient-variance study (`lm_flipout.experiments.variance`) and write its outputs."""
 
 from __future__ import annotations
 
@@ -12,13 +12,21 @@ from pathlib import Path
 
 import torch
 
-from ...cli import fail
-from ...errors import UserError
-from ...nn.noise import ESTIMATORS
-from .gradients import load_frozen_model
-from .outputs import log_to_wandb, plot, print_summary, write_csv, write_slopes
-from .statistics import SUB_BATCH, summarize
-from .study import VarianceSettings, run_variance
+from ..errors import UserError
+from ..experiments.variance.gradients import load_frozen_model
+from ..experiments.variance.outputs import (
+    log_to_wandb,
+    plot,
+    print_summary,
+    write_csv,
+    write_slopes,
+)
+from ..experiments.variance.statistics import SUB_BATCH, summarize
+from ..experiments.variance.study import VarianceSettings, run_variance
+from ..nn.noise import ESTIMATORS
+from . import fail, parse_in_any_order
+
+PROG = "lm-flipout variance"
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -66,13 +74,13 @@ def parse_estimators(text: str) -> tuple[str, ...]:
     return tuple(e for e in ESTIMATORS if e in names)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line, unchecked."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The argument parser of the variance command."""
     parser = argparse.ArgumentParser(
-        prog="python -m lm_flipout.experiments.variance",
+        prog=prog,
         description="Gradient variance of layer 1's W_h against batch size for shared, flipout "
                     "and independent multiplicative Gaussian noise (paper Figure 1c).")
-    parser.add_argument("checkpoint", help="best.pt or last.pt written by train.py")
+    parser.add_argument("checkpoint", help="best.pt or last.pt written by training")
     parser.add_argument("--batch-sizes", default="1,2,4,...,4096",
                         help="comma list; '...' continues a doubling (default 1,2,4,...,4096)")
     parser.add_argument("--repeats", type=int, default=10,
@@ -93,7 +101,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
                         default="offline", help="W&B logging of the figure (default offline)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
+    """The command line, unchecked; options in any order."""
+    return parse_in_any_order(build_parser(prog), argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> VarianceSettings:
@@ -113,9 +126,9 @@ def settings_from_args(args: argparse.Namespace) -> VarianceSettings:
     )
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], prog: str = PROG) -> int:
     """Entry point; returns the process exit status (2 for a user error)."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     try:
         settings = settings_from_args(args)
         if args.threads:

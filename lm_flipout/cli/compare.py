@@ -1,0 +1,100 @@
+"""``lm-flipout compare SUITE [key=value ...]``: train every run of a comparison suite that
+has not finished, then write its report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserError
+from ..experiments.compare import train_unfinished
+from ..experiments.report import collect_rows, write_report
+from ..experiments.suite import load_suite, plan_runs
+from . import fail, parse_in_any_order
+
+PROG = "lm-flipout compare"
+
+EPILOG = """A suite file (recipes/suites/*.yaml) names a W&B group and lists recipes, each with an
+optional row label and the paper's numbers:
+
+  group: ptb_word_cpu
+  baseline: unregularized
+  runs:
+    - recipe: ../ptb/word_cpu_unregularized.yaml   # relative to the suite file
+      label: unregularized
+      paper: {valid_ppl: 132.23, test_ppl: 128.97}
+
+Each run trains in the directory `lm-flipout train` would use (<train.out_dir>/<train.run_name>,
+by default checkpoints/<recipe name>). A run with results.json is finished and skipped; one with
+last.pt is resumed; the others start. Every run gets wandb.group=<the suite's group>, then the
+overrides given here. A run that fails is reported and the others still run; Ctrl-C stops the
+suite after the current run has saved last.pt, and the same command later resumes it. Options
+and key=value overrides may come in any order.
+
+The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
+parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png
+(validation perplexity per epoch), built from the runs' results.json and metrics.jsonl only.
+
+examples:
+  {prog} recipes/suites/ptb_word_cpu.yaml
+  {prog} recipes/suites/ptb_word_medium.yaml train.device=cuda:1
+  {prog} recipes/suites/ptb_word_cpu.yaml --report-only"""
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The argument parser of the compare command."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train every run of a comparison suite that has not finished, then write "
+                    "its Markdown report and validation-perplexity plot.",
+        epilog=EPILOG.replace("{prog}", prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", help="path of the suite YAML file (see recipes/suites/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted recipe overrides applied to every run, e.g. train.device=cpu")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; rebuild the report from the run directories")
+    parser.add_argument("--reports-dir", default="reports", metavar="DIR",
+                        help="where the report and plot go (default: reports)")
+    return parser
+
+
+def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
+    """The command line, options and overrides in any order."""
+    return parse_in_any_order(build_parser(prog), argv)
+
+
+def main(argv: Sequence[str], prog: str = PROG) -> int:
+    """Entry point; returns the process exit status."""
+    args = parse_args(argv, prog)
+    name = Path(args.suite).stem
+    command = shlex.join([*shlex.split(prog), args.suite, *args.overrides])
+    try:
+        suite, recipe_paths = load_suite(args.suite)
+        runs = plan_runs(suite, recipe_paths, args.overrides)
+        failed: list[str] = []
+        if not args.report_only:
+            stopped = train_unfinished(suite, runs, args.overrides, failed)
+            if stopped is not None:
+                return stopped
+        rows = collect_rows(runs, frozenset(failed))
+        report, plot = write_report(suite, name, rows, command, Path(args.reports_dir))
+        print(f"Report: {report} (plot: {plot})")
+        for row in rows:
+            if row.config_changes:
+                print(f"note: {row.run.label} finished with settings that differ from its recipe "
+                      f"now ({', '.join(row.config_changes)}); the report shows that run. Delete "
+                      f"{row.run.run_dir} to train it again.", file=sys.stderr)
+        if failed:
+            raise UserError(
+                f"{len(failed)} of {len(runs)} runs of the suite failed: {', '.join(failed)} "
+                "(the training output above says why). The report lists them as failed. Fix "
+                "the cause and run the same command again: finished runs are skipped and the "
+                "failed ones resume from their last.pt where they have one."
+            )
+    except UserError as error:
+        return fail(error)
+    return 0
