@@ -22,8 +22,10 @@ from typing import Optional
 
 from ..cli import fail
 from ..errors import UserError
-from .report import collect_rows, write_report
-from .suite import PlannedRun, Suite, load_suite, plan_runs, run_overrides
+from .report import write_report
+from .rows import collect_rows
+from .suite import PlannedRun, check_seeds, load_suite, plan_runs
+from .summary import log_summary
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 
@@ -36,9 +38,11 @@ optional row label and the paper's numbers:
     - recipe: ../ptb/word_cpu_unregularized.yaml   # relative to the suite file
       label: unregularized
       paper: {valid_ppl: 132.23, test_ppl: 128.97}
+  seeds: [1, 2, 3]          # optional, suite-wide; a row may list its own; --seeds overrides both
 
 Each run trains in the directory train.py would use (<train.out_dir>/<train.run_name>, by default
-checkpoints/<recipe name>). A run with results.json is finished and skipped; one with last.pt is
+checkpoints/<recipe name>); with seeds, each (row, seed k) is its own run with train.seed=k in
+that directory + "-seed<k>", its W&B run tagged seed:<k>. A run with results.json is finished and skipped; one with last.pt is
 resumed; the others start. Every run gets wandb.group=<the suite's group>, then the overrides
 given here. A run that fails is reported and the others still run; Ctrl-C stops the suite after
 the current run has saved last.pt, and the same command later resumes it.
@@ -46,10 +50,15 @@ the current run has saved last.pt, and the same command later resumes it.
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
 parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png
 (validation perplexity per epoch), built from the runs' results.json and metrics.jsonl only.
+Over several seeds it gives each row's mean ± standard deviation and 95% t interval, the
+paired difference to the baseline row over matching seeds with a verdict (better, worse, not
+resolved), the per-seed values, and mean curves with bands. Unless W&B is disabled, the
+report's tables and plot are also logged as one summary run in the suite's W&B group.
 
 examples:
   python -m lm_flipout.experiments.compare recipes/suites/ptb_word_cpu.yaml
   python -m lm_flipout.experiments.compare recipes/suites/ptb_word_medium.yaml train.device=cuda:1
+  python -m lm_flipout.experiments.compare recipes/suites/ptb_char_cpu.yaml --seeds 1,2,3
   python -m lm_flipout.experiments.compare recipes/suites/ptb_word_cpu.yaml --report-only"""
 
 
@@ -64,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="dotted recipe overrides applied to every run, e.g. train.device=cpu")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; rebuild the report from the run directories")
+    parser.add_argument("--seeds", type=seed_list, metavar="K,K,...",
+                        help="train every row once per seed, e.g. 1,2,3 (replaces the suite's "
+                             "and its rows' seeds: lists)")
     parser.add_argument("--reports-dir", default="reports", metavar="DIR",
                         help="where the report and plot go (default: reports)")
     return parser.parse_intermixed_args(argv)
@@ -76,18 +88,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                           *args.overrides])
     try:
         suite, recipe_paths = load_suite(args.suite)
-        runs = plan_runs(suite, recipe_paths, args.overrides)
+        runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds)
         failed: list[str] = []
         if not args.report_only:
-            stopped = train_unfinished(suite, runs, args.overrides, failed)
+            stopped = train_unfinished(runs, failed)
             if stopped is not None:
                 return stopped
         rows = collect_rows(runs, frozenset(failed))
         report, plot = write_report(suite, name, rows, command, Path(args.reports_dir))
         print(f"Report: {report} (plot: {plot})")
+        where = log_summary(suite, name, rows, plot, Path(args.reports_dir))
+        if where is not None:
+            print(f"W&B summary run: {where}")
         for row in rows:
             if row.config_changes:
-                print(f"note: {row.run.label} finished with settings that differ from its recipe "
+                print(f"note: {row.run.name} finished with settings that differ from its recipe "
                       f"now ({', '.join(row.config_changes)}); the report shows that run. Delete "
                       f"{row.run.run_dir} to train it again.", file=sys.stderr)
         if failed:
@@ -102,27 +117,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def train_unfinished(suite: Suite, runs: list[PlannedRun], overrides: list[str],
-                     failed: list[str]) -> Optional[int]:
-    """Train each run without results.json, appending the labels of failed runs to
+def seed_list(text: str) -> list[int]:
+    """``--seeds 1,2,3`` as a list of ints (checked like a suite's seeds: list)."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 1,2,3") from None
+    try:
+        check_seeds(seeds, "--seeds")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return seeds
+
+
+def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]:
+    """Train each run without results.json, appending the names of failed runs to
     ``failed``. Returns an exit status if the user stopped the suite, else None."""
     for i, run in enumerate(runs, 1):
         if run.finished:
-            print(f"[{i}/{len(runs)}] {run.label}: finished, skipped ({run.run_dir}/results.json)")
+            print(f"[{i}/{len(runs)}] {run.name}: finished, skipped ({run.run_dir}/results.json)")
             continue
         how = "resuming from last.pt" if run.started else "starting"
-        cmd = [sys.executable, str(TRAIN_SCRIPT), run.recipe_path,
-               *run_overrides(suite, overrides), "--resume"]
-        print(f"[{i}/{len(runs)}] {run.label}: {how} in {run.run_dir}\n  "
+        cmd = [sys.executable, str(TRAIN_SCRIPT), run.recipe_path, *run.overrides, "--resume"]
+        print(f"[{i}/{len(runs)}] {run.name}: {how} in {run.run_dir}\n  "
               f"{shlex.join(['python', 'train.py', *cmd[2:]])}", flush=True)
         status, signum = _train(cmd)
         if signum is not None:
-            print(f"Suite stopped during {run.label}. Run the same command again to resume it "
+            print(f"Suite stopped during {run.name}. Run the same command again to resume it "
                   "(finished runs are skipped).", file=sys.stderr)
             return 128 + signum
         if status != 0:
-            failed.append(run.label)
-            print(f"[{i}/{len(runs)}] {run.label}: train.py failed with exit status {status}; "
+            failed.append(run.name)
+            print(f"[{i}/{len(runs)}] {run.name}: train.py failed with exit status {status}; "
                   "going on with the other runs.", file=sys.stderr, flush=True)
     return None
 
