@@ -44,9 +44,8 @@ def plot_curves(name: str, rows: list[RowStats], path: Path) -> None:
                     transform=ax.transAxes)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("validation perplexity (per token)"
-                      + (", mean ± sd over seeds" if banded else ""))
-        ax.set_title(name)
+        ax.set_ylabel("validation perplexity (per token)")
+        ax.set_title(f"{name}: mean over seeds, band ± one sd" if banded else name)
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         with atomic_write(path) as handle:
