@@ -121,8 +121,8 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
                   _wall(sum(r.get("wall_s", 0.0) for r in done)) if done else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     base = baseline_label(suite)
-    lines += ["", f"Paired differences to {base} (row − {base} over the seeds both finished; "
-              "lower is better; 95% t interval of the mean difference):", ""]
+    lines += ["", (f"Paired differences to {base} (row − {base} over the seeds both finished; "
+                   "lower is better; 95% t interval of the mean difference):"), ""]
     lines += _header(["run", "metric", "seeds", "difference", "95% CI", "verdict"])
     for row in stats:
         for metric in shown if row.label != base else []:
