@@ -42,9 +42,9 @@ optional row label and the paper's numbers:
 
 Each run trains in the directory train.py would use (<train.out_dir>/<train.run_name>, by default
 checkpoints/<recipe name>); with seeds, each (row, seed k) is its own run with train.seed=k in
-that directory + "-seed<k>", its W&B run tagged seed:<k>. A run with results.json is finished and skipped; one with last.pt is
-resumed; the others start. Every run gets wandb.group=<the suite's group>, then the overrides
-given here. A run that fails is reported and the others still run; Ctrl-C stops the suite after
+that directory + "-seed<k>", its W&B run tagged seed:<k>. A run with results.json is finished
+and skipped; one with last.pt is resumed; the others start. Every run gets wandb.group=<the
+suite's group>, then the overrides given here. A run that fails is reported and the others still run; Ctrl-C stops the suite after
 the current run has saved last.pt, and the same command later resumes it.
 
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,

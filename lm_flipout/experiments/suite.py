@@ -178,9 +178,9 @@ def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
     base = run_overrides(suite, overrides)
     if any(item.partition("=")[0].strip() == "train.seed" for item in overrides) and (
             seeds or suite.seeds or any(run.seeds for run in suite.runs)):
-        raise ConfigError("The override train.seed=... would give every seed of the suite the "
-                          "same seed. Choose the seeds with --seeds 1,2,3 (or the suite's "
-                          "seeds: list) instead.")
+        raise ConfigError("The override train.seed=... conflicts with the suite's seeds: each "
+                          "(row, seed) run sets train.seed itself. Choose the seeds with "
+                          "--seeds 1,2,3 (or the suite's seeds: list) instead.")
     runs, seen = [], {}
     for row, recipe_path in zip(suite.runs, recipe_paths):
         recipe, run_dir = recipe_with_run_name(recipe_path, base)
