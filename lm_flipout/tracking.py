@@ -61,7 +61,7 @@ class Tracker:
         self.wandb_run: Any = None
         if wandb_config.mode != "disabled":
             try:
-                self.wandb_run = _start_wandb(wandb_config, self.run_dir, self.config, resume)
+                self.wandb_run = start_wandb(wandb_config, self.run_dir, self.config, resume)
             except BaseException:
                 self._metrics.close()
                 raise
@@ -129,7 +129,7 @@ class Tracker:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
-def _start_wandb(
+def start_wandb(
     settings: WandbConfig, run_dir: Path, config: dict[str, Any], resume: bool
 ) -> Any:
     """Start (or with ``resume`` continue) the W&B run of ``run_dir``."""

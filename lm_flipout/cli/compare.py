@@ -11,8 +11,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiments.compare import train_unfinished
-from ..experiments.report import collect_rows, write_report
-from ..experiments.suite import load_suite, plan_runs
+from ..experiments.report import write_report
+from ..experiments.rows import collect_rows
+from ..experiments.suite import check_seeds, load_suite, plan_runs
+from ..experiments.summary import log_summary
 from . import fail, parse_in_any_order
 
 PROG = "lm-flipout compare"
@@ -26,9 +28,12 @@ optional row label and the paper's numbers:
     - recipe: ../ptb/word_cpu_unregularized.yaml   # relative to the suite file
       label: unregularized
       paper: {valid_ppl: 132.23, test_ppl: 128.97}
+  seeds: [1, 2, 3]          # optional, suite-wide; a row may list its own; --seeds overrides both
 
 Each run trains in the directory `lm-flipout train` would use (<train.out_dir>/<train.run_name>,
-by default checkpoints/<recipe name>). A run with results.json is finished and skipped; one with
+by default checkpoints/<recipe name>); with seeds, each (row, seed k) is its own run with
+train.seed=k in that directory + "-seed<k>", its W&B run tagged seed:<k>. A run with
+results.json is finished and skipped; one with
 last.pt is resumed; the others start. Every run gets wandb.group=<the suite's group>, then the
 overrides given here. A run that fails is reported and the others still run; Ctrl-C stops the
 suite after the current run has saved last.pt, and the same command later resumes it. Options
@@ -37,10 +42,15 @@ and key=value overrides may come in any order.
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
 parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png
 (validation perplexity per epoch), built from the runs' results.json and metrics.jsonl only.
+Over several seeds it gives each row's mean ± standard deviation and 95% t interval, the
+paired difference to the baseline row over matching seeds with a verdict (better, worse, not
+resolved), the per-seed values, and mean curves with bands. Unless W&B is disabled, the
+report's tables and plot are also logged as one summary run in the suite's W&B group.
 
 examples:
   {prog} recipes/suites/ptb_word_cpu.yaml
   {prog} recipes/suites/ptb_word_medium.yaml train.device=cuda:1
+  {prog} recipes/suites/ptb_char_cpu.yaml --seeds 1,2,3
   {prog} recipes/suites/ptb_word_cpu.yaml --report-only"""
 
 
@@ -57,9 +67,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="dotted recipe overrides applied to every run, e.g. train.device=cpu")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; rebuild the report from the run directories")
+    parser.add_argument("--seeds", type=seed_list, metavar="K,K,...",
+                        help="train every row once per seed, e.g. 1,2,3 (replaces the suite's "
+                             "and its rows' seeds: lists)")
     parser.add_argument("--reports-dir", default="reports", metavar="DIR",
                         help="where the report and plot go (default: reports)")
     return parser
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 1,2,3`` as a list of ints (checked like a suite's seeds: list)."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 1,2,3") from None
+    try:
+        check_seeds(seeds, "--seeds")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return seeds
 
 
 def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
@@ -74,18 +101,21 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     command = shlex.join([*shlex.split(prog), args.suite, *args.overrides])
     try:
         suite, recipe_paths = load_suite(args.suite)
-        runs = plan_runs(suite, recipe_paths, args.overrides)
+        runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds)
         failed: list[str] = []
         if not args.report_only:
-            stopped = train_unfinished(suite, runs, args.overrides, failed)
+            stopped = train_unfinished(runs, failed)
             if stopped is not None:
                 return stopped
         rows = collect_rows(runs, frozenset(failed))
         report, plot = write_report(suite, name, rows, command, Path(args.reports_dir))
         print(f"Report: {report} (plot: {plot})")
+        where = log_summary(suite, name, rows, plot, Path(args.reports_dir))
+        if where is not None:
+            print(f"W&B summary run: {where}")
         for row in rows:
             if row.config_changes:
-                print(f"note: {row.run.label} finished with settings that differ from its recipe "
+                print(f"note: {row.run.name} finished with settings that differ from its recipe "
                       f"now ({', '.join(row.config_changes)}); the report shows that run. Delete "
                       f"{row.run.run_dir} to train it again.", file=sys.stderr)
         if failed:

@@ -18,37 +18,37 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .suite import PlannedRun, Suite, run_overrides
+from .suite import PlannedRun
 
 # The folder that holds this lm_flipout package: the training subprocesses import the same copy.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def train_command(suite: Suite, run: PlannedRun, overrides: list[str]) -> list[str]:
-    """The arguments after ``python -m lm_flipout train`` that train (or resume) one run."""
-    return [run.recipe_path, *run_overrides(suite, overrides), "--resume"]
+def train_command(run: PlannedRun) -> list[str]:
+    """The arguments after ``python -m lm_flipout train`` that train (or resume) one run:
+    its recipe with the run's overrides (the suite's group, the command line's, its seed)."""
+    return [run.recipe_path, *run.overrides, "--resume"]
 
 
-def train_unfinished(suite: Suite, runs: list[PlannedRun], overrides: list[str],
-                     failed: list[str]) -> Optional[int]:
-    """Train each run without results.json, appending the labels of failed runs to
+def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]:
+    """Train each run without results.json, appending the names of failed runs to
     ``failed``. Returns an exit status if the user stopped the suite, else None."""
     for i, run in enumerate(runs, 1):
         if run.finished:
-            print(f"[{i}/{len(runs)}] {run.label}: finished, skipped ({run.run_dir}/results.json)")
+            print(f"[{i}/{len(runs)}] {run.name}: finished, skipped ({run.run_dir}/results.json)")
             continue
         how = "resuming from last.pt" if run.started else "starting"
-        args = train_command(suite, run, overrides)
-        print(f"[{i}/{len(runs)}] {run.label}: {how} in {run.run_dir}\n  "
+        args = train_command(run)
+        print(f"[{i}/{len(runs)}] {run.name}: {how} in {run.run_dir}\n  "
               f"{shlex.join(['python', '-m', 'lm_flipout', 'train', *args])}", flush=True)
         status, signum = _train(args)
         if signum is not None:
-            print(f"Suite stopped during {run.label}. Run the same command again to resume it "
+            print(f"Suite stopped during {run.name}. Run the same command again to resume it "
                   "(finished runs are skipped).", file=sys.stderr)
             return 128 + signum
         if status != 0:
-            failed.append(run.label)
-            print(f"[{i}/{len(runs)}] {run.label}: training failed with exit status {status}; "
+            failed.append(run.name)
+            print(f"[{i}/{len(runs)}] {run.name}: training failed with exit status {status}; "
                   "going on with the other runs.", file=sys.stderr, flush=True)
     return None
 

@@ -1,76 +1,19 @@
-"""A suite's report, built only from its run directories: a Markdown table of each run's
-results.json beside the paper's numbers, and a plot of validation perplexity per epoch
-from each run's metrics.jsonl."""
+"""A suite's Markdown report, built only from its run directories: with one run per row, a
+table of each run's results.json beside the paper's numbers; over several seeds, each row's
+mean ± sd and 95% interval, its paired difference to the baseline row, and the per-seed
+values. Both end with how the report was made and the plot of validation perplexity."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
-
-import yaml
 
 from ..atomic import atomic_write
-from ..config import changed_settings, recipe_to_dict
-from ..tracking import read_metrics
-from ..training import RESUME_MAY_CHANGE
-from .suite import PAPER_METRICS, PlannedRun, Suite
-
-# Settings that may differ between a finished run and its recipe without changing the
-# experiment: set from the corpus, naming where things are logged and stored, or those a
-# resume accepts except the ones that decide how long and how fast the run trained.
-_IGNORED_DIFFERENCES = ("model.vocab_size", "wandb.", *sorted(
-    RESUME_MAY_CHANGE - {"train.epochs", "train.max_steps", "train.early_stopping", "optim.lr",
-                         "optim.clip"}))
-
-
-@dataclass
-class Row:
-    """What the report shows for one run."""
-
-    run: PlannedRun
-    status: str  # finished | unfinished | not started | failed
-    results: Optional[dict] = None
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, valid ppl)
-    config_changes: list[str] = field(default_factory=list)  # run's config vs the recipe now
-
-
-def collect_rows(runs: list[PlannedRun], failed: frozenset = frozenset()) -> list[Row]:
-    """Read each run's directory; ``failed`` holds labels whose training failed just now."""
-    rows = []
-    for run in runs:
-        results = run.results()
-        if results is not None:
-            status = "finished"
-        elif run.label in failed:
-            status = "failed"
-        else:
-            status = "unfinished" if run.started else "not started"
-        rows.append(Row(run, status, results, _valid_curve(run.run_dir),
-                        config_changes(run) if results is not None else []))
-    return rows
-
-
-def _valid_curve(run_dir: Path) -> list[tuple[int, float]]:
-    if not (run_dir / "metrics.jsonl").is_file():
-        return []
-    by_epoch = {event["epoch"]: event["valid_ppl"] for event in read_metrics(run_dir)
-                if event.get("event") == "valid" and "valid_ppl" in event}
-    return sorted(by_epoch.items())
-
-
-def config_changes(run: PlannedRun) -> list[str]:
-    """Settings in which the run's own config.yaml differs from its recipe as resolved now,
-    e.g. a run finished with train.epochs=1 that the suite would otherwise take as final."""
-    path = run.run_dir / "config.yaml"
-    if not path.is_file():
-        return []
-    ran = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    changed = changed_settings(ran, recipe_to_dict(run.recipe))
-    return [f"{k}={old!r} (recipe: {new!r})" for k, (old, new) in changed.items()
-            if not k.startswith(_IGNORED_DIFFERENCES)]
-
+from .comparison import METRICS, RowStats, baseline_label, compare, several_seeds
+from .plot import plot_curves
+from .rows import Row
+from .statistics import Estimate
+from .suite import PAPER_METRICS, Suite
 
 # ----------------------------------------------------------------------------- Markdown
 
@@ -112,11 +55,9 @@ def table(suite: Suite, rows: list[Row], link_from: Path) -> list[str]:
     if base_test is not None:
         header.append(f"test ppl vs {suite.baseline}")
     header += ["params", "tokens/s", "wall time", "epochs (best)"]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = _header(header)
     for row in rows:
-        link = Path(os.path.relpath(Path(row.run.recipe_path).resolve(), link_from.resolve()))
-        name = f"[{row.run.label}]({link.as_posix()})"
+        name = _link(row, link_from)
         if row.status != "finished":
             name += f" ({row.status})"
         res = row.results or {}
@@ -137,13 +78,97 @@ def table(suite: Suite, rows: list[Row], link_from: Path) -> list[str]:
     return lines
 
 
+def _link(row: Row, link_from: Path) -> str:
+    link = Path(os.path.relpath(Path(row.run.recipe_path).resolve(), link_from.resolve()))
+    return f"[{row.run.label}]({link.as_posix()})"
+
+
+def _mean_sd(metric: str, est: Estimate) -> str:
+    show = FORMATS[metric]
+    return show(est.mean) if est.sd is None else f"{show(est.mean)} ± {show(est.sd)}"
+
+
+def _interval(metric: str, est: Estimate) -> str:
+    show = FORMATS[metric]
+    return "" if est.low is None else f"[{show(est.low)}, {show(est.high)}]"
+
+
+def _shown_metrics(stats: list[RowStats], quoted: list[str]) -> list[str]:
+    """Perplexity always; bits per character where a run reports it or the paper quotes it."""
+    return [m for m in METRICS if m.endswith("_ppl") or m in quoted
+            or any(m in row.estimates for row in stats)]
+
+
+def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[str]:
+    """Per row over its seeds, the paired differences to the baseline, the per-seed values."""
+    quoted = [m for m in PAPER_METRICS if any(m in r.runs[0].run.paper for r in stats)]
+    shown = _shown_metrics(stats, quoted)
+    header = ["run", "seeds"]
+    for metric in shown:
+        header += [HEADERS[metric], f"{HEADERS[metric]} 95% CI"]
+        header += [f"paper {HEADERS[metric]}"] if metric in quoted else []
+    header += ["params", "tokens/s", "wall time"]
+    lines = _header(header)
+    for row in stats:
+        done = [r.results for r in row.finished]
+        cells = [_link(row.runs[0], link_from), f"{len(done)} of {len(row.runs)}"]
+        for metric in shown:
+            est = row.estimates.get(metric)
+            cells += [_mean_sd(metric, est), _interval(metric, est)] if est else ["—", ""]
+            if metric in quoted:
+                paper = row.runs[0].run.paper.get(metric)
+                cells.append(FORMATS[metric](paper) if paper is not None else "")
+        speeds = [r["tokens_per_s"] for r in done if "tokens_per_s" in r]
+        cells += [f"{done[0]['params']:,}" if done and "params" in done[0] else "—",
+                  f"{sum(speeds) / len(speeds):,.0f}" if speeds else "—",
+                  _wall(sum(r.get("wall_s", 0.0) for r in done)) if done else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    base = baseline_label(suite)
+    lines += ["", (f"Paired differences to {base} (row − {base} over the seeds both finished; "
+                   "lower is better; 95% t interval of the mean difference):"), ""]
+    lines += _header(["run", "metric", "seeds", "difference", "95% CI", "verdict"])
+    for row in stats:
+        for metric in shown if row.label != base else []:
+            diff = row.differences.get(metric)
+            if diff is None:
+                lines.append(f"| {row.label} | {HEADERS[metric]} | 0 | — |  | no seed finished "
+                             "in both rows |")
+                continue
+            est, show = diff.difference, FORMATS[metric]
+            relative = (est.mean / diff.baseline_mean * 100) if diff.baseline_mean else 0.0
+            lines.append(f"| {row.label} | {HEADERS[metric]} | {est.n} | {show(est.mean)} "
+                         f"({relative:+.1f}%) | {_interval(metric, est)} | {diff.verdict} |")
+    lines += ["", "Per seed:", ""]
+    lines += _header(["run", "seed", "status", *(HEADERS[m] for m in shown), "tokens/s",
+                      "wall time", "epochs (best)"])
+    for row in stats:
+        for run in row.runs:
+            res = run.results or {}
+            cells = [row.label, str(run.run.recipe.train.seed), run.status,
+                     *(FORMATS[m](res[m]) if m in res else "—" for m in shown),
+                     f"{res['tokens_per_s']:,.0f}" if "tokens_per_s" in res else "—",
+                     _wall(res["wall_s"]) if "wall_s" in res else "—",
+                     f"{res['epochs']} ({res['best_epoch']})" if "epochs" in res else "—"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _header(header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+
+
 def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
              reports_dir: Path) -> str:
     """The report: description, table, how it was made, notes on unfinished runs, plot."""
     lines = [f"# {name}", ""]
     if suite.description:
         lines += [suite.description.strip(), ""]
-    lines += table(suite, rows, reports_dir) + [""]
+    seeds = several_seeds(rows)
+    if seeds:
+        lines += seed_tables(suite, compare(suite, rows), reports_dir) + [""]
+    else:
+        lines += table(suite, rows, reports_dir) + [""]
     finished = [row.results for row in rows if row.results is not None]
     facts = [f"Generated by `{command}` from each run's results.json and metrics.jsonl; "
              f"W&B group `{suite.group}`."]
@@ -159,14 +184,17 @@ def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
               "Perplexity and bits per character are those of each run's best validation "
               "epoch (best.pt); tokens/s counts training tokens per second of training steps; "
               "wall time includes evaluation. " + protocol_note(rows), ""]
-    notes = [f"- {row.run.label}: {row.status}" + (f" (last.pt in {row.run.run_dir}; rerun the "
+    notes = [f"- {row.run.name}: {row.status}" + (f" (last.pt in {row.run.run_dir}; rerun the "
              "suite to resume it)" if row.status == "unfinished" else "") + "."
              for row in rows if row.status != "finished"]
-    notes += [f"- {row.run.label} ran with settings that differ from its recipe now: "
+    notes += [f"- {row.run.name} ran with settings that differ from its recipe now: "
               f"{', '.join(row.config_changes)}." for row in rows if row.config_changes]
     if notes:
         lines += ["Notes:", ""] + notes + [""]
-    lines += [f"![Validation perplexity per epoch]({plot.name})", ""]
+    caption = "Validation perplexity per epoch"
+    if seeds:
+        caption += ": mean over the seeds that reached each epoch, band ± one standard deviation"
+    lines += [f"![{caption}]({plot.name})", ""]
     return "\n".join(lines)
 
 
@@ -183,50 +211,13 @@ def _protocol(results: dict) -> str:
 def protocol_note(rows: list[Row]) -> str:
     """How the finished runs' numbers were measured, in one sentence (per run where the runs
     differ)."""
-    protocols = {row.run.label: _protocol(row.results) for row in rows if row.results}
+    protocols = {row.run.name: _protocol(row.results) for row in rows if row.results}
     if not protocols:
         return ""
     if len(set(protocols.values())) == 1:
         return f"Evaluation protocol: {next(iter(protocols.values()))}."
-    return "Evaluation protocols: " + "; ".join(f"{label}: {text}"
-                                                for label, text in protocols.items()) + "."
-
-
-# ----------------------------------------------------------------------------- plot
-
-
-def plot_curves(name: str, rows: list[Row], path: Path) -> None:
-    """Validation perplexity against epoch, one line per run, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    try:
-        for row in rows:
-            if row.curve:
-                epochs, ppl = zip(*row.curve)
-                ax.plot(epochs, ppl, marker="o", markersize=3, label=row.run.label)
-        if any(row.curve for row in rows):
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
-            ax.legend(fontsize="small")
-        else:
-            ax.text(0.5, 0.5, "no finished epochs yet", ha="center", va="center",
-                    transform=ax.transAxes)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation perplexity (per token)")
-        ax.set_title(name)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        with atomic_write(path) as handle:
-            fig.savefig(handle, format="png")
-    finally:
-        plt.close(fig)
+    return "Evaluation protocols: " + "; ".join(f"{name}: {text}"
+                                                for name, text in protocols.items()) + "."
 
 
 def write_report(suite: Suite, name: str, rows: list[Row], command: str,
@@ -234,7 +225,7 @@ def write_report(suite: Suite, name: str, rows: list[Row], command: str,
     """Write ``<reports_dir>/<name>.md`` and ``<name>_valid_ppl.png``; returns both paths."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     report, plot = reports_dir / f"{name}.md", reports_dir / f"{name}_valid_ppl.png"
-    plot_curves(name, rows, plot)
+    plot_curves(name, compare(suite, rows), plot)
     with atomic_write(report) as handle:
         handle.write(markdown(suite, name, rows, command, plot, reports_dir).encode("utf-8"))
     return report, plot

@@ -4,14 +4,20 @@
     group: ptb_word_medium          # W&B group of every run (set as a wandb.group override)
     description: One paragraph for the report.
     paper_source: Wen et al. 2018, Table 3     # where the paper numbers come from
-    baseline: unregularized         # optional: label of the row the others are compared to
+    baseline: unregularized         # optional: the row the others are compared to (default:
+                                    # the first row, in reports over several seeds)
+    seeds: [1, 2, 3]                # optional: train every row once per seed
     runs:
       - recipe: ../ptb/word_medium_unregularized.yaml   # relative to this suite file
         label: unregularized        # row name; default: the recipe's file name
         paper: {valid_ppl: 132.23, test_ppl: 128.97}    # optional: valid/test ppl or bpc
+        seeds: [1, 2]               # optional: this row's seeds instead of the suite's
 
-Each run's directory is the one ``train.py`` would use for the recipe with the same
-overrides (``train.out_dir``/``train.run_name``, by default ``checkpoints/<recipe name>``).
+Without seeds a row is one run with its recipe's ``train.seed``, in the directory
+``train.py`` would use for the recipe with the same overrides (``train.out_dir``/
+``train.run_name``, by default ``checkpoints/<recipe name>``). With seeds, (row, seed k) is
+its own run: ``train.seed=k`` in ``<that directory>-seed<k>``, its W&B run tagged
+``seed:<k>``. Seeds given on the command line replace both lists.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from ..checks import check_range
 from ..cli import recipe_with_run_name
 from ..config import Recipe, from_dict, read_yaml
 from ..errors import ConfigError
@@ -31,6 +38,21 @@ from ..training import RESULTS_FILE, read_results
 PAPER_METRICS = ("valid_ppl", "test_ppl", "valid_bpc", "test_bpc")
 
 
+def check_seeds(seeds: Optional[list[int]], key: str) -> None:
+    """A list of seeds must be non-empty, without repeats, each a valid ``train.seed``."""
+    if seeds is None:
+        return
+    if not seeds:
+        raise ConfigError(f"{key} is empty. List at least one seed, e.g. [1, 2, 3], or remove "
+                          "the key to train once with the recipe's train.seed.")
+    for seed in seeds:
+        check_range(key, seed, low=0, high=2**32, hint="NumPy seeds are 32-bit.")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{key}={seeds} repeats the seed(s) {', '.join(map(str, repeated))}; "
+                          "each seed is one run. List each seed once.")
+
+
 @dataclass
 class SuiteRun:
     """One row of a suite: a recipe, its row name and the paper's numbers for it."""
@@ -38,8 +60,10 @@ class SuiteRun:
     recipe: str
     label: Optional[str] = None
     paper: dict[str, float] = field(default_factory=dict)
+    seeds: Optional[list[int]] = None
 
     def validate(self) -> None:
+        check_seeds(self.seeds, "seeds")
         unknown = sorted(set(self.paper) - set(PAPER_METRICS))
         if unknown:
             raise ConfigError(
@@ -57,8 +81,10 @@ class Suite:
     description: str = ""
     paper_source: str = ""
     baseline: Optional[str] = None
+    seeds: Optional[list[int]] = None
 
     def validate(self) -> None:
+        check_seeds(self.seeds, "seeds")
         if not self.group:
             raise ConfigError("group is empty. Name the W&B group of the suite's runs.")
         if not self.runs:
@@ -67,13 +93,21 @@ class Suite:
 
 @dataclass
 class PlannedRun:
-    """A suite row resolved against the command line: the recipe to train and where."""
+    """One run of a suite row, resolved against the command line: the recipe to train, with
+    which overrides (the suite's and the command line's, then the seed's), and where."""
 
     label: str
     recipe_path: str  # as given to train.py
     recipe: Recipe
     run_dir: Path
     paper: dict[str, float]
+    overrides: list[str] = field(default_factory=list)
+    seed: Optional[int] = None  # None: the recipe's own train.seed, the row's only run
+
+    @property
+    def name(self) -> str:
+        """The row label, with the seed where the row has seeds."""
+        return self.label if self.seed is None else f"{self.label} (seed {self.seed})"
 
     @property
     def finished(self) -> bool:
@@ -106,24 +140,27 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"Suite file {path} must hold a mapping with the keys group and runs (and optionally "
-            "description, paper_source, baseline) at the top level."
+            "description, paper_source, baseline, seeds) at the top level."
         )
     suite = from_dict(Suite, data, f"suite file {path}")
-    recipe_paths, labels = [], set()
-    for i, run in enumerate(suite.runs):
-        recipe_path = os.path.normpath(path.parent / run.recipe)
-        if not Path(recipe_path).is_file():
-            raise ConfigError(
-                f"Suite file {path} lists the recipe {run.recipe!r} (runs[{i}].recipe), but "
-                f"{recipe_path} does not exist; recipe paths are relative to the suite file's "
-                "folder. Fix the path or remove the entry."
-            )
+    recipe_paths = [os.path.normpath(path.parent / run.recipe) for run in suite.runs]
+    missing = [i for i, recipe_path in enumerate(recipe_paths) if not Path(recipe_path).is_file()]
+    if missing:
+        many = len(missing) > 1
+        raise ConfigError(
+            f"Suite file {path} lists the recipe{'s' if many else ''} "
+            + ", ".join(f"{suite.runs[i].recipe!r} (runs[{i}].recipe)" for i in missing)
+            + f", but {', '.join(recipe_paths[i] for i in missing)} "
+            + f"{'do' if many else 'does'} not exist; recipe paths are relative to the suite "
+            "file's folder. Fix the path, add the recipe, or remove the entry."
+        )
+    labels: set[str] = set()
+    for run, recipe_path in zip(suite.runs, recipe_paths):
         run.label = run.label or Path(recipe_path).stem
         if run.label in labels:
             raise ConfigError(f"Suite file {path} has two runs labelled {run.label!r}. Give each "
                               "run its own label.")
         labels.add(run.label)
-        recipe_paths.append(recipe_path)
     if suite.baseline is not None and suite.baseline not in labels:
         raise ConfigError(
             f"Suite file {path}: baseline {suite.baseline!r} is not the label of one of its "
@@ -132,24 +169,48 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     return suite, recipe_paths
 
 
-def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str]) -> list[PlannedRun]:
+def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
+              seeds: Optional[list[int]] = None) -> list[PlannedRun]:
     """Load every recipe with the suite's W&B group and the command-line overrides (so a bad
-    override fails before anything trains) and find each run's directory."""
+    override fails before anything trains) and find each run's directory: one run per row,
+    or one per (row, seed) where ``seeds`` (the command line's), the row or the suite list
+    seeds."""
+    base = run_overrides(suite, overrides)
+    if any(item.partition("=")[0].strip() == "train.seed" for item in overrides) and (
+            seeds or suite.seeds or any(run.seeds for run in suite.runs)):
+        raise ConfigError("The override train.seed=... conflicts with the suite's seeds: each "
+                          "(row, seed) run sets train.seed itself. Choose the seeds with "
+                          "--seeds 1,2,3 (or the suite's seeds: list) instead.")
     runs, seen = [], {}
-    for run, recipe_path in zip(suite.runs, recipe_paths):
-        recipe, run_dir = recipe_with_run_name(recipe_path, run_overrides(suite, overrides))
-        if run_dir in seen:
-            raise ConfigError(
-                f"The runs {seen[run_dir]!r} and {run.label!r} of the suite would both train in "
-                f"{run_dir}. Do not set train.run_name for a whole suite; use train.out_dir=DIR "
-                "to put all its runs somewhere else."
-            )
-        seen[run_dir] = run.label
-        runs.append(PlannedRun(run.label, recipe_path, recipe, run_dir, dict(run.paper)))
+    for row, recipe_path in zip(suite.runs, recipe_paths):
+        recipe, run_dir = recipe_with_run_name(recipe_path, base)
+        row_seeds = seeds or row.seeds or suite.seeds
+        planned = [PlannedRun(row.label, recipe_path, recipe, run_dir, dict(row.paper), base)]
+        if row_seeds:
+            planned = [_seed_run(row.label, recipe_path, recipe, base, dict(row.paper), seed)
+                       for seed in row_seeds]
+        for run in planned:
+            if run.run_dir in seen:
+                raise ConfigError(
+                    f"The runs {seen[run.run_dir]!r} and {run.name!r} of the suite would both "
+                    f"train in {run.run_dir}. Do not set train.run_name for a whole suite; use "
+                    "train.out_dir=DIR to put all its runs somewhere else.")
+            seen[run.run_dir] = run.name
+        runs += planned
     return runs
+
+
+def _seed_run(label: str, recipe_path: str, recipe: Recipe, base: list[str],
+              paper: dict[str, float], seed: int) -> PlannedRun:
+    """The run of one seed: the row's recipe with train.seed, a run name ending in -seed<k>
+    and the W&B tag seed:<k> added to the recipe's tags."""
+    overrides = [*base, f"train.seed={seed}",
+                 f"train.run_name={json.dumps(f'{recipe.train.run_name}-seed{seed}')}",
+                 f"wandb.tags={json.dumps([*recipe.wandb.tags, f'seed:{seed}'])}"]
+    seeded, run_dir = recipe_with_run_name(recipe_path, overrides)
+    return PlannedRun(label, recipe_path, seeded, run_dir, paper, overrides, seed)
 
 
 def run_overrides(suite: Suite, overrides: list[str]) -> list[str]:
     """The overrides every run of the suite gets: its W&B group, then the command line's."""
     return [f"wandb.group={json.dumps(suite.group)}", *overrides]
-

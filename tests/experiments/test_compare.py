@@ -243,7 +243,7 @@ def test_report_only_shows_unfinished_runs_and_settings_that_differ_from_the_rec
         json.dumps({"event": "valid", "step": 10 * e, "epoch": e, "valid_ppl": 9.0 / e}) + "\n"
         for e in (1, 2)))
 
-    assert compare.main([str(suite), "--report-only", "--reports-dir",
+    assert compare.main([str(suite), "--report-only", "wandb.mode=disabled", "--reports-dir",
                          str(tmp_path / "reports")]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "note: plain finished with settings that differ from its recipe now " \
