@@ -3,7 +3,7 @@
 
 from .convert import from_dict, to_dict
 from .overrides import apply_overrides, parse_overrides
-from .recipe_dict import changed_settings, recipe_from_dict, recipe_to_dict
+from .recipe_dict import changed_settings, recipe_from_dict, recipe_to_dict, with_defaults
 from .schema import OptimConfig, Recipe, TrainConfig, WandbConfig
 from .yaml_io import load_recipe, read_yaml, recipe_to_yaml, save_recipe
 
@@ -23,4 +23,5 @@ __all__ = [
     "recipe_to_yaml",
     "save_recipe",
     "to_dict",
+    "with_defaults",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import UserError
 from .convert import from_dict, to_dict
 from .schema import Recipe
 
@@ -19,6 +20,16 @@ def recipe_from_dict(data: Mapping[str, Any], where: str) -> Recipe:
     """Rebuild and check a recipe from `recipe_to_dict` data, e.g. a checkpoint's config;
     ``where`` names the source in error messages."""
     return from_dict(Recipe, data, where)
+
+
+def with_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored recipe dict with every key of today's schema: a key added since the run was
+    written takes its default (the value the run effectively had unless it says otherwise).
+    A dict the schema no longer reads is returned as it is."""
+    try:
+        return recipe_to_dict(recipe_from_dict(stored, where="the stored recipe"))
+    except UserError:
+        return dict(stored)
 
 
 def changed_settings(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import yaml
 
-from ..config import changed_settings, recipe_to_dict
+from ..config import changed_settings, recipe_to_dict, with_defaults
 from ..tracking import read_metrics
 from ..training import RESUME_MAY_CHANGE
 from .suite import PlannedRun
@@ -65,6 +65,6 @@ def config_changes(run: PlannedRun) -> list[str]:
     if not path.is_file():
         return []
     ran = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    changed = changed_settings(ran, recipe_to_dict(run.recipe))
+    changed = changed_settings(with_defaults(ran), recipe_to_dict(run.recipe))
     return [f"{k}={old!r} (recipe: {new!r})" for k, (old, new) in changed.items()
             if not k.startswith(_IGNORED_DIFFERENCES)]

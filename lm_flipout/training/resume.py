@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.optim import Optimizer
 
-from ..config import Recipe, changed_settings, recipe_to_dict
+from ..config import Recipe, changed_settings, recipe_to_dict, with_defaults
 from ..errors import CheckpointError, TrainingError
 from ..model import LanguageModel
 from ..nn.lstm import State
@@ -89,7 +89,7 @@ def adopt_config(stored: dict, recipe: Recipe, last_path: Path,
                  echo: Callable[[str], None]) -> None:
     """Refuse a resume whose recipe changes the experiment (TrainingError); report the
     allowed changes (`RESUME_MAY_CHANGE` and the W&B settings)."""
-    changed = changed_settings(stored, recipe_to_dict(recipe))
+    changed = changed_settings(with_defaults(stored), recipe_to_dict(recipe))
     fixed = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("wandb.")]
     if fixed:
         shown = "; ".join(f"{k}: run {changed[k][0]!r}, now {changed[k][1]!r}"

@@ -145,6 +145,25 @@ def test_max_steps_stops_mid_epoch_and_resumes_to_the_same_results(reference,
     same_results(train_run(root, "max_steps_crash", resume=True, train=settings), expected)
 
 
+def test_resume_of_a_run_written_before_a_setting_existed(reference) -> None:
+    """A last.pt whose stored recipe lacks keys added to the schema since (here the
+    evaluation protocol's) resumes: the missing keys count as their defaults."""
+    root, _ = reference
+    run_dir = root / "runs" / "older"
+    shutil.copytree(root / "runs" / "reference", run_dir)
+    (run_dir / "results.json").unlink()
+    last = load_checkpoint(run_dir / "last.pt")
+    del last["config"]["data"]["eval_protocol"], last["config"]["data"]["test_batch_size"]
+    save_checkpoint(last, run_dir / "last.pt")
+    messages: list[str] = []
+    Trainer(make_recipe(root), run_dir, resume=True, echo=messages.append)
+    assert not [m for m in messages if "eval_protocol" in m or "test_batch_size" in m]
+    last["config"]["data"]["bptt"] = 5  # a key the run did record still has to match
+    save_checkpoint(last, run_dir / "last.pt")
+    with pytest.raises(TrainingError, match=r"data\.bptt: run 5, now 8"):
+        Trainer(make_recipe(root), run_dir, resume=True)
+
+
 def test_resume_refuses_changes_to_the_experiment_and_accepts_lr(reference) -> None:
     root, _ = reference
     source = root / "runs" / "reference"
