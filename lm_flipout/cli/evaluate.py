@@ -72,13 +72,14 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     try:
         from ..atomic import atomic_write
         from ..training import evaluate_checkpoint
+        from ..training.run_dir import strict_json
 
         overrides = args.overrides + ([f"data.path={json.dumps(args.data_path)}"]
                                      if args.data_path else [])
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
                                      args.mc_samples, args.device, overrides,
                                      args.allow_changed_data)
-        text = json.dumps(result, indent=2)
+        text = strict_json(result)
         print(text)
         suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")
                   + (f".mc{args.mc_samples}" if args.mc_samples else "") + ".json")

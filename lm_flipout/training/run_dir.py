@@ -108,10 +108,14 @@ def write_config(run_dir: Path, recipe: Recipe) -> None:
     save_recipe(recipe, run_dir / CONFIG_FILE)
 
 
-def write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    """results.json, which marks the run as finished: strict JSON, with a non-finite number
-    (which JSON cannot hold) written as null."""
+def strict_json(results: dict[str, Any]) -> str:
+    """``results`` as strict JSON, a non-finite number (which JSON cannot hold) as null."""
     plain = {key: None if isinstance(value, float) and not math.isfinite(value) else value
              for key, value in results.items()}
+    return json.dumps(plain, indent=2, allow_nan=False)
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    """results.json, which marks the run as finished, as `strict_json`."""
     with atomic_write(run_dir / RESULTS_FILE) as handle:
-        handle.write(json.dumps(plain, indent=2, allow_nan=False).encode() + b"\n")
+        handle.write(strict_json(results).encode() + b"\n")
