@@ -1,4 +1,5 @@
-"""The language model: embedding → perturbed LSTM stack → output dropout → decoder.
+"""The language model: embedding (or one-hot input) → perturbed LSTM stack → output dropout
+→ decoder.
 
 Configured by one dataclass; does no I/O and knows nothing about training.
 """
@@ -61,6 +62,13 @@ class ModelConfig:
     dropout_output: float = 0.0  # on the last LSTM layer's output
     dropout_hidden: float = 0.0  # locked dropout on h_{t-1} inside the recurrence (Gal)
     dropout_embedding: float = 0.0  # drops whole word rows of the embedding matrix
+    dropout_cell: float = 0.0  # recurrent dropout on the cell update g (Semeniuta et al. 2016)
+    dropout_cell_per_step: bool = True  # a fresh mask per step (false: one per sequence)
+    zoneout_cell: float = 0.0  # zoneout on c (Krueger et al. 2017)
+    zoneout_hidden: float = 0.0  # zoneout on h (Krueger et al. 2017)
+    # "onehot": tokens enter the LSTM as one-hot vectors, with no embedding matrix (the
+    # columns of the first W_ih play its part); embedding_size is then unused
+    input_encoding: Literal["embedding", "onehot"] = "embedding"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     forget_bias: float = 0.0  # initial forget-gate bias
     orthogonal_init: bool = False  # orthogonal recurrent gate blocks (char-level runs)
@@ -71,10 +79,13 @@ class ModelConfig:
         (the noise section checks itself)."""
         for key in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
             check_range(f"model.{key}", getattr(self, key), low=1)
-        for key in ("input", "between", "output", "hidden", "embedding"):
-            check_range(f"model.dropout_{key}", getattr(self, f"dropout_{key}"), low=0.0, high=1.0)
+        for key in ("dropout_input", "dropout_between", "dropout_output", "dropout_hidden",
+                    "dropout_embedding", "dropout_cell", "zoneout_cell", "zoneout_hidden"):
+            check_range(f"model.{key}", getattr(self, key), low=0.0, high=1.0)
         check_range("model.forget_bias", self.forget_bias)
         check_range("model.init_range", self.init_range, low=0.0, low_open=True)
+        if self.input_encoding == "onehot":
+            self._check_onehot()
         if self.tie_weights and self.num_layers == 1 and self.hidden_size != self.embedding_size:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} would be ignored: with "
@@ -85,6 +96,19 @@ class ModelConfig:
             )
 
 
+    def _check_onehot(self) -> None:
+        """One-hot input has no embedding matrix: nothing may share or drop its rows."""
+        for key, value in (("tie_weights", self.tie_weights),
+                           ("dropout_embedding", self.dropout_embedding)):
+            if value:
+                raise ConfigError(
+                    f"model.{key}={value!r} needs an embedding matrix, and "
+                    "model.input_encoding=onehot has none (the columns of the first LSTM "
+                    f"layer's input weights play its part). Set model.{key} to "
+                    f"{'false' if key == 'tie_weights' else '0'}, or set "
+                    "model.input_encoding=embedding.")
+
+
 class LanguageModel(nn.Module):
     """An LSTM language model over token ids of shape (T, B)."""
 
@@ -92,11 +116,13 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         noise = config.noise.build()
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        onehot = config.input_encoding == "onehot"
+        self.embedding = None if onehot else nn.Embedding(config.vocab_size,
+                                                          config.embedding_size)
         self.embedding_dropout = EmbeddingDropout(config.dropout_embedding)
         self.input_dropout = activation_dropout(config.dropout_kind, config.dropout_input)
         self.lstm = LSTM(
-            config.embedding_size,
+            config.vocab_size if onehot else config.embedding_size,
             config.hidden_size,
             config.num_layers,
             recurrent_noise=noise if config.noise.target in ("recurrent", "both") else None,
@@ -105,6 +131,10 @@ class LanguageModel(nn.Module):
             between_dropout=config.dropout_between,
             dropout_kind=config.dropout_kind,
             output_size=config.embedding_size if config.tie_weights else None,
+            cell_dropout=config.dropout_cell,
+            cell_dropout_per_step=config.dropout_cell_per_step,
+            zoneout_cell=config.zoneout_cell,
+            zoneout_hidden=config.zoneout_hidden,
         )
         self.output_dropout = activation_dropout(config.dropout_kind, config.dropout_output)
         self.decoder = nn.Linear(self.lstm.sizes[-1], config.vocab_size)
@@ -114,7 +144,8 @@ class LanguageModel(nn.Module):
 
     def reset_parameters(self) -> None:
         r = self.config.init_range
-        nn.init.uniform_(self.embedding.weight, -r, r)
+        if self.embedding is not None:
+            nn.init.uniform_(self.embedding.weight, -r, r)
         if not self.config.tie_weights:
             nn.init.uniform_(self.decoder.weight, -r, r)
         nn.init.zeros_(self.decoder.bias)
@@ -123,12 +154,22 @@ class LanguageModel(nn.Module):
     def initial_state(self, batch_size: int) -> State:
         return self.lstm.initial_state(batch_size, self.decoder.weight)
 
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The LSTM's input for tokens (T, B), without dropout: embedding rows, or one-hot
+        vectors (T, B, V) when ``input_encoding`` is ``onehot``."""
+        if self.embedding is None:
+            return F.one_hot(tokens, self.config.vocab_size).to(self.decoder.weight.dtype)
+        return self.embedding(tokens)
+
     def hidden(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, Tensor, State]:
         """Last-layer outputs before and after output dropout, (T, B, D) each, and the state."""
         if tokens.dim() != 2:
             raise ValueError("LanguageModel: tokens must have shape (T, B), "
                              f"got {tuple(tokens.shape)}.")
-        x = self.embedding_dropout(tokens, self.embedding.weight)
+        if self.embedding is None:
+            x = self.embed(tokens)
+        else:
+            x = self.embedding_dropout(tokens, self.embedding.weight)
         raw, state = self.lstm(self.input_dropout(x), state)
         return raw, self.output_dropout(raw), state
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from lm_flipout.errors import ConfigError
 from lm_flipout.model import LanguageModel, ModelConfig, NoiseConfig
 
 
@@ -88,3 +89,44 @@ def test_bad_token_shape_is_a_value_error():
     model = LanguageModel(small_config())
     with pytest.raises(ValueError, match="tokens"):
         model(torch.zeros(3, dtype=torch.long))
+
+
+def test_onehot_input_is_an_explicit_one_hot_matmul_with_no_embedding_matrix():
+    """The first layer's input term is onehot(token) W_ihᵀ: the columns of W_ih act as the
+    embedding; the model has no embedding parameters, and only seen columns get gradient."""
+    torch.manual_seed(3)
+    model = LanguageModel(small_config(input_encoding="onehot", num_layers=1)).eval()
+    assert model.embedding is None
+    assert not any(name.startswith("embedding") for name, _ in model.named_parameters())
+    tokens = torch.randint(0, 15, (6, 3))  # tokens 15..29 never appear
+    logits, _ = model(tokens)
+    layer = model.lstm.layers[0]
+    explicit = torch.eye(30)[tokens]  # (T, B, V) one-hot vectors, built independently
+    input_terms = explicit @ layer.weight_ih.T + layer.bias
+    h = c = torch.zeros(3, 12)
+    outputs = []
+    for term in input_terms:
+        i, f, g, o = (term + h @ layer.weight_hh.T).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    torch.testing.assert_close(logits, model.decoder(torch.stack(outputs)), atol=1e-5, rtol=0)
+    logits.sum().backward()
+    assert layer.fused.weight_ih_l0.grad[:, 15:].abs().max() == 0
+    assert layer.fused.weight_ih_l0.grad[:, tokens.unique()].abs().min(dim=0).values.gt(0).all()
+
+
+@pytest.mark.parametrize("key, value", [("tie_weights", True), ("dropout_embedding", 0.1)])
+def test_onehot_input_refuses_settings_that_need_an_embedding_matrix(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}=.*input_encoding=onehot"):
+        small_config(input_encoding="onehot", **{key: value}).validate()
+
+
+@pytest.mark.parametrize("key", ["dropout_cell", "zoneout_cell", "zoneout_hidden"])
+def test_cell_regularizer_rates_are_checked_and_reach_every_layer(key):
+    with pytest.raises(ConfigError, match=f"model.{key}=1.0 is out of range"):
+        small_config(**{key: 1.0}).validate()
+    model = LanguageModel(small_config(**{key: 0.3}, dropout_cell_per_step=False))
+    for layer in model.lstm.layers:
+        assert getattr(layer.cell_masks, key.replace("dropout_cell", "cell_dropout")) == 0.3
+        assert layer.cell_masks.per_step is False

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import LanguageModel, ModelConfig, NoiseConfig
-from ..nn import LSTM, CpuBackend
+from ..nn import CpuBackend
 from ..nn.backends.cpu.products import (
     input_product,
     onednn_weight,
@@ -48,15 +48,17 @@ SHAPES = {
     "char": Shape(1, 1000, 32, 100, 50),
 }
 
-# variant name -> noise (None: no noise; "torch": torch.nn.LSTM itself)
-VARIANTS: dict[str, Optional[NoiseConfig]] = {
+# variant name -> the `ModelConfig` settings of its regularizer (None: torch.nn.LSTM itself)
+VARIANTS: dict[str, Optional[dict]] = {
     "torch.nn.LSTM": None,
-    "ours, no noise": NoiseConfig("none"),
-    "gaussian shared": NoiseConfig("gaussian", "shared", sigma=1.0),
-    "dropconnect shared": NoiseConfig("dropconnect", "shared", p=0.5),
-    "gaussian flipout": NoiseConfig("gaussian", "flipout", sigma=1.0),
-    "dropconnect flipout": NoiseConfig("dropconnect", "flipout", p=0.5),
-    "gaussian independent": NoiseConfig("gaussian", "independent", sigma=1.0),
+    "ours, no noise": {},
+    "gaussian shared": {"noise": NoiseConfig("gaussian", "shared", sigma=1.0)},
+    "dropconnect shared": {"noise": NoiseConfig("dropconnect", "shared", p=0.5)},
+    "gaussian flipout": {"noise": NoiseConfig("gaussian", "flipout", sigma=1.0)},
+    "dropconnect flipout": {"noise": NoiseConfig("dropconnect", "flipout", p=0.5)},
+    "gaussian independent": {"noise": NoiseConfig("gaussian", "independent", sigma=1.0)},
+    "recurrent dropout 0.25": {"dropout_cell": 0.25},
+    "zoneout 0.5 / 0.05": {"zoneout_cell": 0.5, "zoneout_hidden": 0.05},
 }
 
 
@@ -66,18 +68,17 @@ def independent_fits(shape: Shape, device: torch.device, limit_gib: float) -> bo
     return floats * 4 / 2**30 <= limit_gib
 
 
-def build_stack(noise: Optional[NoiseConfig], shape: Shape) -> nn.Module:
-    if noise is None:
-        return nn.LSTM(shape.hidden, shape.hidden, shape.layers)
-    return LSTM(shape.hidden, shape.hidden, shape.layers, recurrent_noise=noise.build())
+def build_stack(settings: Optional[dict], shape: Shape) -> nn.Module:
+    """The variant's LSTM stack alone, as its language model has it."""
+    return build_language_model(settings, shape).lstm
 
 
-def build_language_model(noise: Optional[NoiseConfig], shape: Shape) -> LanguageModel:
+def build_language_model(settings: Optional[dict], shape: Shape) -> LanguageModel:
     config = ModelConfig(vocab_size=shape.vocab, embedding_size=shape.hidden,
                          hidden_size=shape.hidden, num_layers=shape.layers, tie_weights=True,
-                         noise=noise or NoiseConfig("none"))
+                         **(settings or {}))
     model = LanguageModel(config)
-    if noise is None:  # same model around the fused kernel: nn.LSTM has the same call signature
+    if settings is None:  # same model around the fused kernel: nn.LSTM has the same signature
         model.lstm = nn.LSTM(shape.hidden, shape.hidden, shape.layers)
     return model
 
@@ -86,15 +87,15 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
                   independent_limit_gib: float) -> list[dict]:
     """Time and memory of every variant on one shape."""
     torch.manual_seed(0)
-    variants = {name: noise for name, noise in VARIANTS.items()
+    variants = {name: settings for name, settings in VARIANTS.items()
                 if "independent" not in name
                 or independent_fits(shape, device, independent_limit_gib)}
     x = torch.randn(shape.steps, shape.batch, shape.hidden, device=device)
     tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
-    stacks = {name: build_stack(noise, shape).to(device).train()
-              for name, noise in variants.items()}
-    models = {name: build_language_model(noise, shape).to(device).train()
-              for name, noise in variants.items()}
+    stacks = {name: build_stack(settings, shape).to(device).train()
+              for name, settings in variants.items()}
+    models = {name: build_language_model(settings, shape).to(device).train()
+              for name, settings in variants.items()}
     optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1)
                   for name, model in models.items()}
 

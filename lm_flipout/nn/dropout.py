@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _check_rate(p: float, name: str) -> float:
+def check_rate(p: float, name: str) -> float:
     if not (isinstance(p, (int, float)) and 0 <= p < 1):
         raise ValueError(f"{name}: p={p!r} must lie in [0, 1).")
     return float(p)
@@ -22,7 +22,7 @@ class _Stochastic(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        self.p = _check_rate(p, type(self).__name__)
+        self.p = check_rate(p, type(self).__name__)
         self.sample_in_eval = False
 
     @property

@@ -1,11 +1,14 @@
 """The LSTM stack whose input and recurrent matrices can carry `WeightNoise`.
 
 Gates follow ``torch.nn.LSTM`` (order i, f, g, o; two biases), so weights copy across.
-When no sequence sees its own weights (no noise, or shared noise) and no hidden-state mask
-applies, the fused ``torch.nn.LSTM`` kernel runs with the perturbed weights passed in
-functionally, unless a backend is named (see `lm_flipout.nn.backends`); otherwise the
-recurrence runs step by step on the chosen backend, with the input product for all steps
-done first as one matmul.
+When no sequence sees its own weights (no noise, or shared noise) and no hidden-state mask,
+recurrent-dropout or zoneout mask applies, the fused ``torch.nn.LSTM`` kernel runs with the
+perturbed weights passed in functionally, unless a backend is named (see
+`lm_flipout.nn.backends`); otherwise the recurrence runs step by step on the chosen backend,
+with the input product for all steps done first as one matmul. Recurrent dropout and zoneout
+run on the backends that implement them (the reference; the CPU backend refuses them, so
+automatic choice runs the reference); in eval, recurrent dropout is the plain cell (fused
+path), while zoneout's expectation still runs step by step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .backends import BackendChoice, requested_backend
+from .cell import CellOptions
+from .cell_masks import CallMasks, CellMasks
 from .dropout import LockedDropout, activation_dropout
 from .functional import lstm_layer
 from .independent import independent_recurrence
@@ -65,7 +70,8 @@ def perturbed_linear(
 
 class LSTMLayer(nn.Module):
     """One LSTM layer. Parameters live in a one-layer ``nn.LSTM`` used as the fused path;
-    ``backend`` (a name or `Backend`) runs every call on that backend instead of choosing.
+    ``backend`` (a name or `Backend`) runs every call on that backend instead of choosing;
+    ``cell_masks`` draws recurrent-dropout and zoneout masks (`CellMasks`).
 
     Sampling schedule: in training every forward call, i.e. every truncated-BPTT window,
     draws its weight noise afresh (one base perturbation ΔŴ for the batch; for flipout, one
@@ -82,6 +88,7 @@ class LSTMLayer(nn.Module):
         input_noise: Optional[WeightNoise] = None,
         hidden_dropout: float = 0.0,
         backend: BackendChoice = None,
+        cell_masks: Optional[CellMasks] = None,
     ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -89,6 +96,7 @@ class LSTMLayer(nn.Module):
         self.fused = nn.LSTM(input_size, hidden_size, num_layers=1)
         self.recurrent_noise, self.input_noise = recurrent_noise, input_noise
         self.hidden_dropout = LockedDropout(hidden_dropout)
+        self.cell_masks = cell_masks if cell_masks is not None else CellMasks()
         self.sample_in_eval = False
 
     @property
@@ -125,15 +133,19 @@ class LSTMLayer(nn.Module):
             if self.hidden_dropout.active
             else None
         )
+        masks = (self.cell_masks.draw(x.shape[0], x.shape[1], self.hidden_size, x)
+                 if self.cell_masks.in_use else CallMasks())
         per_sequence = any(s is not None and not s.shared
                            for s in (samples.input, samples.recurrent))
         backend = requested_backend(self.backend)  # chosen once for the whole call
-        if backend is None and not per_sequence and hidden_mask is None:
+        masked = hidden_mask is not None or any(m is not None for m in masks)
+        if backend is None and not per_sequence and not masked:
             return self._fused_forward(x, state, samples)
         if samples.recurrent is not None and samples.recurrent.independent:
             input_terms = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
+            options = CellOptions(hidden_mask=hidden_mask, **masks._asdict())
             return independent_recurrence(input_terms, state, self.weight_hh,
-                                          samples.recurrent, hidden_mask)
+                                          samples.recurrent, options)
         extra, flipout = None, {}
         if samples.input is not None and not samples.input.shared:
             extra = per_sequence_term(x, self.weight_ih, samples.input)
@@ -143,7 +155,7 @@ class LSTMLayer(nn.Module):
                            in_signs=samples.recurrent.in_signs)
         return lstm_layer(x, batch_weight(self.weight_ih, samples.input), self.bias, state,
                           batch_weight(self.weight_hh, samples.recurrent), mask=hidden_mask,
-                          extra=extra, backend=backend, **flipout)
+                          extra=extra, backend=backend, **flipout, **masks._asdict())
 
     def _fused_forward(
         self, x: Tensor, state: tuple[Tensor, Tensor], samples: LayerSamples
@@ -164,6 +176,9 @@ class LSTM(nn.Module):
     ``backend`` (a name or `Backend`, see `lm_flipout.nn.backends`) is given to every layer.
     Every forward call (one truncated-BPTT window) draws fresh weight noise, flipout signs
     and locked-dropout masks, while the state passed in carries over (see `LSTMLayer`).
+    ``cell_dropout`` is recurrent dropout on the cell update (Semeniuta et al. 2016), a fresh
+    mask per step unless ``cell_dropout_per_step=False``; ``zoneout_cell`` and
+    ``zoneout_hidden`` are zoneout's rates on c and h (Krueger et al. 2017); see `CellMasks`.
     """
 
     def __init__(
@@ -178,6 +193,10 @@ class LSTM(nn.Module):
         dropout_kind: str = "locked",
         output_size: Optional[int] = None,
         backend: BackendChoice = None,
+        cell_dropout: float = 0.0,
+        cell_dropout_per_step: bool = True,
+        zoneout_cell: float = 0.0,
+        zoneout_hidden: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -193,7 +212,9 @@ class LSTM(nn.Module):
         self.input_size = input_size
         self.sizes = sizes
         self.layers = nn.ModuleList(
-            LSTMLayer(n_in, n_out, recurrent_noise, input_noise, hidden_dropout, backend)
+            LSTMLayer(n_in, n_out, recurrent_noise, input_noise, hidden_dropout, backend,
+                      CellMasks(cell_dropout, zoneout_cell, zoneout_hidden,
+                                cell_dropout_per_step))
             for n_in, n_out in zip([input_size] + sizes[:-1], sizes)
         )
         self.between = activation_dropout(dropout_kind, between_dropout)

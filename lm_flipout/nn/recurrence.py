@@ -2,7 +2,9 @@
 with a hand-written backward through time, in plain PyTorch ops (any device, any dtype).
 
 Forward keeps each step's activated gates and states; backward walks the steps in reverse
-with `cell.backward_step` and then forms the parameter gradients over all steps at once:
+with `cell.backward_step` (the per-step masks of recurrent dropout and zoneout are operands,
+drawn before the call, so backward reuses them) and then forms the parameter gradients over
+all steps at once:
 
     ∂W_ih = Σ_t ∂a_tᵀ x_t,   ∂b = Σ_t ∂a_t,   ∂x_t = ∂a_t W_ih,   ∂E_t = ∂a_t,
     ∂W̄ = Σ_t ∂a_tᵀ u_t + U ∘ Σ_t (∂a_t ∘ r)ᵀ (u_t ∘ s)
@@ -42,8 +44,9 @@ class ReferenceRecurrence(torch.autograd.Function):
             input_terms = input_terms + extra
         delta = _noise_weight(weight, options)
         gates, hs, cs = [], [h0], [c0]
-        for input_term in input_terms:
-            step = forward_step(input_term, hs[-1], cs[-1], weight, delta, options)
+        for t, input_term in enumerate(input_terms):
+            step = forward_step(input_term, hs[-1], cs[-1], weight, delta, options,
+                                options.at_step(t))
             gates.append(step.gates)
             hs.append(step.h)
             cs.append(step.c)
@@ -60,7 +63,8 @@ class ReferenceRecurrence(torch.autograd.Function):
         for t in reversed(range(gates.shape[0])):
             step = Step(gates[t], hs[t + 1], cs[t + 1])
             grad_gates[t], grad_h, grad_c = backward_step(
-                grad_h + grad_outputs[t], grad_c, step, cs[t], weight, delta, options)
+                grad_h + grad_outputs[t], grad_c, step, cs[t], weight, delta, options,
+                options.at_step(t))
         needs = ctx.needs_input_grad  # (options, x, W_ih, b, h0, c0, W̄, E)
         grad_weight = None
         if needs[6]:

@@ -26,7 +26,8 @@ RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
 
 # What may differ between the rows of one suite: the regularizer and the run's name.
-REGULARIZATION = re.compile(r"model\.(dropout_\w+|noise\.\w+)|train\.run_name|wandb\.\w+")
+REGULARIZATION = re.compile(
+    r"model\.(dropout_\w+|zoneout_\w+|noise\.\w+)|train\.run_name|wandb\.\w+")
 PAPER_COMMENT = re.compile(
     r"^# (?:.*Paper|Reference)[^:\n]*: valid ([\d.]+) / test ([\d.]+) "
     r"(perplexity|bits per character)", re.M)

@@ -268,3 +268,22 @@ def test_train_tokens_trains_on_the_first_tokens_only(tmp_path) -> None:
     with pytest.raises(DataError, match=r"train \(cut to data.train_tokens=20\) split has 20"):
         Trainer(small, tmp_path / "runs" / "too_small", echo=lambda _: None)
     assert not (tmp_path / "runs" / "too_small").exists()
+
+
+def test_recurrent_dropout_zoneout_and_onehot_resume_exactly_after_a_crash_mid_epoch(
+        reference, monkeypatch) -> None:
+    """Their per-step masks come from the saved random state: a run killed mid-epoch and
+    resumed gives the uninterrupted run's results (with one-hot input, which the
+    checkpoints hold without an embedding matrix)."""
+    root, _ = reference
+    model = {"dropout_cell": 0.25, "zoneout_cell": 0.5, "zoneout_hidden": 0.05,
+             "input_encoding": "onehot", "tie_weights": False}
+    settings = {"checkpoint_every_steps": 1, "epochs": 2}
+    expected = train_run(root, "cell_masks", model=model, train=settings)
+    crash_at = expected["steps"] // 4 + 3  # inside epoch 1
+    crash_when(monkeypatch, "_train_step", lambda t, *_: t.progress.step == crash_at)
+    with pytest.raises(Crash):
+        train_run(root, "cell_masks_crash", model=model, train=settings)
+    monkeypatch.undo()
+    same_results(train_run(root, "cell_masks_crash", resume=True, model=model,
+                           train=settings), expected)

@@ -94,7 +94,7 @@ def lm_chunk_gradient(model: LanguageModel, windows: Tensor) -> ChunkGradient:
 
     def lstm_output(inputs: Tensor, sample: NoiseSample) -> Tensor:
         samples = [LayerSamples(recurrent=sample), *clean]
-        return model.lstm(model.embedding(inputs), None, samples)[0]
+        return model.lstm(model.embed(inputs), None, samples)[0]
 
     def gradient(start: int, end: int, sample: NoiseSample) -> Tensor:
         inputs, targets = windows[:-1, start:end], windows[1:, start:end]

@@ -10,9 +10,10 @@ one per call, in this order:
 3. automatically: the first registered backend whose ``supports`` accepts the call's
    tensors, else the reference.
 
-Under automatic choice a call without per-sequence noise, hidden-state mask or extra input
-term runs ``torch.nn.LSTM``'s fused kernel instead; naming a backend (1 or 2) runs that
-backend for every call.
+Under automatic choice a call without per-sequence noise, hidden-state mask, extra input
+term, recurrent-dropout or zoneout masks runs ``torch.nn.LSTM``'s fused kernel instead;
+naming a backend (1 or 2) runs that backend for every call. The CPU backend does not
+implement recurrent dropout or zoneout, so automatic choice runs those on the reference.
 
 A CUDA backend would plug in the same way: subclass `Backend` with ``name = "cuda"``,
 ``supports`` true for CUDA tensors (and the cell options it implements), and ``run``

@@ -20,7 +20,9 @@ class CpuBackend(Backend):
     """The recurrence of `CpuRecurrence`. ``onednn=False`` runs every product on
     ``torch.mm``; ``compiled_kernels=False`` runs the steps' elementwise work on PyTorch ops
     (the default follows ``LM_FLIPOUT_COMPILED_CELL``); backward prepacks its weights for
-    windows of at least ``prepack_backward_min_steps`` steps."""
+    windows of at least ``prepack_backward_min_steps`` steps. It does not implement the
+    per-step masks of recurrent dropout and zoneout: a call with them runs on the reference
+    under automatic choice."""
 
     onednn: bool = True
     compiled_kernels: bool = field(default_factory=kernels.enabled_by_environment)
@@ -28,7 +30,8 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def supports(self, like: Tensor, options: CellOptions) -> bool:
-        return like.device.type == "cpu" and like.dtype == torch.float32
+        return (like.device.type == "cpu" and like.dtype == torch.float32
+                and not options.per_step)
 
     def run(self, inputs: LayerInputs, options: CellOptions) -> tuple[Tensor, Tensor, Tensor]:
         return CpuRecurrence.apply(self.onednn, self.compiled_kernels,

@@ -68,7 +68,8 @@ class CpuRecurrence(torch.autograd.Function):
     def backward(ctx, grad_outputs: Tensor, grad_h: Tensor, grad_c: Tensor):
         x, weight_ih, acts, hs, cs, weight, *option_tensors = ctx.saved_tensors
         options = CellOptions(*option_tensors)
-        unit, out_signs, in_signs, mask = option_tensors
+        unit, out_signs, in_signs, mask = (options.unit, options.out_signs, options.in_signs,
+                                           options.hidden_mask)
         onednn, compiled_kernels, prepack_min_steps = ctx.settings
         # (onednn, compiled, prepack_min_steps, options, x, W_ih, b, h0, c0, W̄, E)
         need_x, need_weight_ih, need_bias, _, _, need_weight, need_extra = (
