@@ -136,3 +136,21 @@ def local_ptb() -> Optional[Path]:
     root = os.environ.get("LM_FLIPOUT_DATA")
     folder = Path(root) / "ptb" if root else None
     return folder if folder is not None and (folder / "train.txt").is_file() else None
+
+
+def train_tiny_run(root: Path, **sections: dict[str, Any]) -> Path:
+    """Train `tiny_recipe` (updated by ``sections``) in-process on one thread, as the
+    subprocesses run; returns the run directory ``root/runs/run``."""
+    import torch
+
+    from lm_flipout.config import Recipe, from_dict
+    from lm_flipout.training import Trainer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe = from_dict(Recipe, tiny_recipe(root, **sections), "test recipe")
+        Trainer(recipe, root / "runs" / "run", echo=lambda _: None).run()
+    finally:
+        torch.set_num_threads(before)
+    return root / "runs" / "run"

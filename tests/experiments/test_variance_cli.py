@@ -10,13 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import tiny_recipe
+from helpers import train_tiny_run
 from lm_flipout.cli.variance import main, parse_batch_sizes, parse_estimators
-from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import UserError
-from lm_flipout.training import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,15 +42,10 @@ def test_module_runs_as_a_command():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """best.pt of a two-layer character model trained for one epoch on the tiny corpus."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("variance")
-    recipe = tiny_recipe(root, model={"num_layers": 2, "tie_weights": False},
+    run = train_tiny_run(root, model={"num_layers": 2, "tie_weights": False},
                          train={"epochs": 1})
-    Trainer(from_dict(Recipe, recipe, "test recipe"), root / "runs" / "run",
-            echo=lambda _: None).run()
-    yield root / "runs" / "run" / "best.pt"
-    torch.set_num_threads(before)
+    return run / "best.pt"
 
 
 def test_command_end_to_end(tiny_checkpoint, tmp_path, capsys):

@@ -20,14 +20,8 @@ from lm_flipout.tracking import read_metrics
 from lm_flipout.training import Trainer
 from lm_flipout.training.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than in contention for a loaded machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run faster on one thread than in contention for a loaded machine's cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(root: Path, echo=lambda _: None, **data) -> tuple[dict, Trainer]:

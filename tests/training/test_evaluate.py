@@ -11,25 +11,20 @@ import pytest
 import torch
 
 import evaluate
-from helpers import tiny_recipe
-from lm_flipout.config import Recipe, from_dict, recipe_from_dict
+from helpers import train_tiny_run
+from lm_flipout.config import Recipe, recipe_from_dict
 from lm_flipout.data import load_corpus, make_batches
 from lm_flipout.evaluation import total_nll
 from lm_flipout.model import LanguageModel
-from lm_flipout.training import Trainer, evaluate_checkpoint
+from lm_flipout.training import evaluate_checkpoint
 from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny noisy model trained for two epochs; returns (root, run directory)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
-    recipe = from_dict(Recipe, tiny_recipe(root, train={"epochs": 2}), "test recipe")
-    Trainer(recipe, root / "runs" / "run", echo=lambda _: None).run()
-    yield root, root / "runs" / "run"
-    torch.set_num_threads(before)
+    return root, train_tiny_run(root, train={"epochs": 2})
 
 
 def model_from(checkpoint: Path, **model_changes) -> tuple[LanguageModel, Recipe]:

@@ -11,24 +11,17 @@ import pytest
 import torch
 
 import evaluate
-from helpers import tiny_recipe
-from lm_flipout.config import Recipe, from_dict
+from helpers import train_tiny_run
 from lm_flipout.data.raw import digest_of
 from lm_flipout.errors import CheckpointError
-from lm_flipout.training import Trainer
 from lm_flipout.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained for one epoch; returns (root, best.pt)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate_data")
-    recipe = from_dict(Recipe, tiny_recipe(root, train={"epochs": 1}), "test recipe")
-    Trainer(recipe, root / "runs" / "run", echo=lambda _: None).run()
-    yield root, root / "runs" / "run" / "best.pt"
-    torch.set_num_threads(before)
+    return root, train_tiny_run(root, train={"epochs": 1}) / "best.pt"
 
 
 def scored(capsys, *args: str) -> tuple[int, dict, str]:
