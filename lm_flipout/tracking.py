@@ -169,6 +169,7 @@ def start_wandb(
             "logging run `wandb login` first; otherwise set wandb.mode=offline (logs locally, "
             "upload later with `wandb sync`) or wandb.mode=disabled."
         ) from None
+    run_dir.mkdir(parents=True, exist_ok=True)  # a suite's summary run has no run directory yet
     id_file.write_text(run.id + "\n", encoding="utf-8")
     # Metrics use our optimizer step as x-axis rather than W&B's own step, which must grow:
     # after a resume the steps since the last checkpoint are logged again, and W&B would

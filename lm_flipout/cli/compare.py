@@ -98,7 +98,9 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     """Entry point; returns the process exit status."""
     args = parse_args(argv, prog)
     name = Path(args.suite).stem
-    command = shlex.join([*shlex.split(prog), args.suite, *args.overrides])
+    # the command that trains what the report shows (--report-only rebuilds the same report)
+    seeds = ["--seeds", ",".join(map(str, args.seeds))] if args.seeds else []
+    command = shlex.join([*shlex.split(prog), args.suite, *args.overrides, *seeds])
     try:
         suite, recipe_paths = load_suite(args.suite)
         runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds)

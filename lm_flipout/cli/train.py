@@ -20,7 +20,7 @@ PROG = "lm-flipout train"
 
 EPILOG = """examples:
   {prog} recipes/quickstart.yaml
-  {prog} recipes/ptb/word_medium_wd_flipout.yaml model.noise.sigma=0.5 optim.lr=20
+  {prog} recipes/ptb/word_medium_gauss_flipout.yaml model.noise.sigma=0.5 optim.lr=20
   {prog} recipes/quickstart.yaml --resume        # continue from checkpoints/<run>/last.pt
   {prog} recipes/quickstart.yaml --print-config  # the resolved recipe, nothing trained
 

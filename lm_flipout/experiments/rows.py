@@ -39,7 +39,8 @@ def collect_rows(runs: list[PlannedRun], failed: frozenset = frozenset()) -> lis
     rows = []
     for run in runs:
         results = run.results()
-        if results is not None:
+        if results is not None:  # a non-finite number is stored as null: shown as missing
+            results = {key: value for key, value in results.items() if value is not None}
             status = "finished"
         elif run.name in failed:
             status = "failed"

@@ -256,3 +256,34 @@ def test_help_describes_seeds(capsys: pytest.CaptureFixture) -> None:
     for words in ("--seeds K,K,...", "seeds: [1, 2, 3]", "tagged seed:<k>", "paired difference",
                   "summary run in the suite's W&B group"):
         assert words in out
+
+
+def test_report_names_every_option_and_survives_a_null_metric(tmp_path: Path) -> None:
+    """The report's command reproduces the report (--seeds included), and a metric stored as
+    null (a non-finite number in strict JSON) shows as missing instead of failing."""
+    suite = make_suite(tmp_path)
+    runs = tmp_path / "runs"
+    for row, ppl in (("plain", 80.0), ("flipout", None)):
+        (runs / f"{row}-seed3").mkdir(parents=True)
+        (runs / f"{row}-seed3" / "results.json").write_text(json.dumps(
+            {"valid_ppl": 81.0, "test_ppl": ppl, "params": 100, "tokens_per_s": 10.0,
+             "wall_s": 60.0, "epochs": 2, "best_epoch": 2}))
+    assert compare.main([str(suite), "--report-only", "--seeds", "3", "wandb.mode=disabled",
+                         "--reports-dir", str(tmp_path / "reports")]) == 0
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "--seeds 3" in report
+    plain, flipout = tables(report)[0]
+    assert (plain["test ppl"], flipout["test ppl"], flipout["valid ppl"]) == ("80.00", "—", "81.00")
+
+
+def test_the_summary_run_starts_where_no_run_directory_exists_yet(tmp_path: Path,
+                                                                   wandb_env: None) -> None:
+    from lm_flipout.config import WandbConfig
+    from lm_flipout.tracking import start_wandb
+
+    settings = WandbConfig(mode="offline", dir=str(tmp_path / "elsewhere"))
+    run = start_wandb(settings, tmp_path / "reports" / "suite_wandb", {}, resume=False)
+    try:
+        assert (tmp_path / "reports" / "suite_wandb" / "wandb_id.txt").is_file()
+    finally:
+        run.finish()
