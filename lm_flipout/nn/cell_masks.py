@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .dropout import check_rate
+from .dropout import check_rate, inverted_keep_mask
 
 
 class CallMasks(NamedTuple):
@@ -56,9 +56,8 @@ class CellMasks(nn.Module):
         sampling = self.training or self.sample_in_eval
         update = None
         if self.cell_dropout > 0 and sampling:
-            keep = torch.rand(steps if self.per_step else 1, batch, hidden,
-                              device=like.device) >= self.cell_dropout
-            update = keep.to(like.dtype).div_(1.0 - self.cell_dropout)
+            shape = (steps if self.per_step else 1, batch, hidden)
+            update = inverted_keep_mask(shape, self.cell_dropout, like)
         cell, hidden_mask = (self._zoneout(rate, steps, batch, hidden, like, sampling)
                              for rate in (self.zoneout_cell, self.zoneout_hidden))
         return CallMasks(*(None if m is None else m.expand(steps, batch, hidden)

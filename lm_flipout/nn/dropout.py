@@ -12,9 +12,17 @@ from torch import Tensor, nn
 
 
 def check_rate(p: float, name: str) -> float:
+    """``p`` as a float, or a ValueError naming ``name`` unless it is a rate in [0, 1)."""
     if not (isinstance(p, (int, float)) and 0 <= p < 1):
         raise ValueError(f"{name}: p={p!r} must lie in [0, 1).")
     return float(p)
+
+
+def inverted_keep_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """Bernoulli(1 − p) keep-mask of ``shape`` scaled by 1/(1 − p) (inverted dropout, so the
+    mask's expectation is 1), on ``like``'s device and in its dtype."""
+    keep = torch.rand(shape, device=like.device) >= p
+    return keep.to(like.dtype).div_(1.0 - p)
 
 
 class _Stochastic(nn.Module):
@@ -39,8 +47,7 @@ class LockedDropout(_Stochastic):
 
     def mask(self, batch_size: int, size: int, like: Tensor) -> Tensor:
         """A (B, D) mask scaled by 1/(1-p); used directly for the hidden state h_{t-1}."""
-        keep = torch.rand(batch_size, size, device=like.device) >= self.p
-        return keep.to(like.dtype).div_(1.0 - self.p)
+        return inverted_keep_mask((batch_size, size), self.p, like)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.active:
@@ -60,8 +67,7 @@ class EmbeddingDropout(_Stochastic):
 
     def forward(self, tokens: Tensor, weight: Tensor) -> Tensor:
         if self.active:
-            keep = torch.rand(weight.shape[0], 1, device=weight.device) >= self.p
-            weight = weight * keep.to(weight.dtype).div_(1.0 - self.p)
+            weight = weight * inverted_keep_mask((weight.shape[0], 1), self.p, weight)
         return F.embedding(tokens, weight)
 
 
