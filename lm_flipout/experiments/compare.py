@@ -6,6 +6,9 @@ a run then starts from a clean interpreter (global RNG and deterministic-algorit
 W&B's per-process run, signal handlers, memory), a crash or divergence in one run cannot take
 the others down, and the command that trains a row is exactly the one a user would type to
 reproduce it. The cost is a few seconds of start-up per run.
+
+Whether a run is finished, or being trained by another process (its run lock), is checked
+just before it would start, so two ``compare`` processes on one suite share its runs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..training.run_lock import lock_holder
 from .suite import PlannedRun
 
 # The folder that holds this lm_flipout package: the training subprocesses import the same copy.
@@ -37,6 +41,11 @@ def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]
         if run.finished:
             print(f"[{i}/{len(runs)}] {run.name}: finished, skipped ({run.run_dir}/results.json)")
             continue
+        holder = lock_holder(run.run_dir)
+        if holder is not None:  # another `compare` (or `train`) on the same suite has it
+            print(f"[{i}/{len(runs)}] {run.name}: being trained by another process ({holder}), "
+                  "skipped", flush=True)
+            continue
         how = "resuming from last.pt" if run.started else "starting"
         args = train_command(run)
         print(f"[{i}/{len(runs)}] {run.name}: {how} in {run.run_dir}\n  "
@@ -46,7 +55,10 @@ def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]
             print(f"Suite stopped during {run.name}. Run the same command again to resume it "
                   "(finished runs are skipped).", file=sys.stderr)
             return 128 + signum
-        if status != 0:
+        if status != 0 and lock_holder(run.run_dir) is not None:  # lost a race to start it
+            print(f"[{i}/{len(runs)}] {run.name}: another process started it first, skipped",
+                  flush=True)
+        elif status != 0:
             failed.append(run.name)
             print(f"[{i}/{len(runs)}] {run.name}: training failed with exit status {status}; "
                   "going on with the other runs.", file=sys.stderr, flush=True)

@@ -112,6 +112,26 @@ class RunLock:
         self._created = []
 
 
+def lock_holder(run_dir: Path) -> Optional[str]:
+    """Who holds ``run_dir``'s lock ("pid N on host H"), or None when no process does.
+
+    Checks with a shared lock taken and dropped at once; it creates nothing."""
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None:
+        return None
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError:  # no lock file: nobody holds it
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return None
+
+
 def _same_file(handle: IO[str], path: Path) -> bool:
     try:
         on_disk = path.stat()

@@ -5,6 +5,7 @@ results.json, --report-only trains nothing; and clear errors for bad suites and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ import yaml
 from helpers import REPO, run_script, script_env, snapshot, tiny_recipe, write_recipe
 from lm_flipout.cli import compare
 from lm_flipout.config import load_recipe, recipe_to_yaml
+from lm_flipout.experiments import compare as compare_runner
+from lm_flipout.experiments.suite import PlannedRun
+from lm_flipout.training.run_lock import LOCK_FILE, RunLock, lock_holder
 
 GROUP = "tiny_suite"
 
@@ -269,3 +273,54 @@ def test_report_only_shows_unfinished_runs_and_settings_that_differ_from_the_rec
     assert "- flipout: unfinished (last.pt in" in report
     assert "- plain ran with settings that differ from its recipe now: train.epochs=1" in report
     assert "1 of 2 runs finished, 1h 02m of wall time in all, on cpu, git abc1234." in report
+
+
+def test_a_run_another_process_is_training_is_skipped_not_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def planned(name: str) -> PlannedRun:
+        return PlannedRun(label=name, recipe_path=f"{name}.yaml", recipe=None,
+                          run_dir=tmp_path / name, paper={})
+
+    busy, free, fresh = planned("busy"), planned("free"), planned("fresh")
+    lock = RunLock(busy.run_dir)
+    lock.acquire()  # another open file on run.lock: flock treats it as another process
+    free.run_dir.mkdir()
+    (free.run_dir / LOCK_FILE).write_text("pid 1 on host gone\n")  # left by a killed run
+    started: list[list[str]] = []
+
+    def train(args: list[str]) -> tuple[int, None]:
+        started.append(args)
+        return 0, None
+
+    monkeypatch.setattr(compare_runner, "_train", train)
+    failed: list[str] = []
+    try:
+        assert compare_runner.train_unfinished([busy, free, fresh], failed) is None
+        assert lock_holder(busy.run_dir) is not None
+    finally:
+        lock.release()
+    out = capsys.readouterr().out
+    assert f"[1/3] busy: being trained by another process (pid {os.getpid()} on host" in out
+    assert [args[0] for args in started] == ["free.yaml", "fresh.yaml"]
+    assert failed == []
+    assert lock_holder(busy.run_dir) is None and not (fresh.run_dir).exists()
+
+
+def test_a_run_that_another_process_started_first_is_not_counted_as_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    run = PlannedRun(label="raced", recipe_path="raced.yaml", recipe=None,
+                     run_dir=tmp_path / "raced", paper={})
+    lock = RunLock(run.run_dir)
+
+    def lose_the_race(args: list[str]) -> tuple[int, None]:
+        lock.acquire()  # the other process took the lock just before this one's train did
+        return 2, None
+
+    monkeypatch.setattr(compare_runner, "_train", lose_the_race)
+    failed: list[str] = []
+    try:
+        compare_runner.train_unfinished([run], failed)
+    finally:
+        lock.release()
+    assert failed == []
+    assert "[1/1] raced: another process started it first, skipped" in capsys.readouterr().out
