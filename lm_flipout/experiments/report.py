@@ -189,6 +189,10 @@ def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
              for row in rows if row.status != "finished"]
     notes += [f"- {row.run.name} ran with settings that differ from its recipe now: "
               f"{', '.join(row.config_changes)}." for row in rows if row.config_changes]
+    at_budget = [row.run.name for row in rows if _best_at_last_epoch(row.results or {})]
+    if at_budget:
+        notes.append("- Best at the last epoch of the budget, so still improving when it ended "
+                     f"(a longer budget may do better): {', '.join(at_budget)}.")
     if notes:
         lines += ["Notes:", ""] + notes + [""]
     caption = "Validation perplexity per epoch"
@@ -196,6 +200,12 @@ def markdown(suite: Suite, name: str, rows: list[Row], command: str, plot: Path,
         caption += ": mean over the seeds that reached each epoch, band ± one standard deviation"
     lines += [f"![{caption}]({plot.name})", ""]
     return "\n".join(lines)
+
+
+def _best_at_last_epoch(results: dict) -> bool:
+    """Whether a finished run's best validation epoch was its last: early stopping never
+    fired, the epoch budget (or a step limit) ended it."""
+    return "best_epoch" in results and results.get("epochs") == results["best_epoch"]
 
 
 def _protocol(results: dict) -> str:

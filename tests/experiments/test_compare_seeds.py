@@ -192,7 +192,7 @@ def test_report_of_hand_written_runs_shows_single_values_where_one_seed_finished
         (runs / f"{row}-seed{seed}").mkdir(parents=True)
         (runs / f"{row}-seed{seed}" / "results.json").write_text(json.dumps(
             {"valid_ppl": ppl + 1, "test_ppl": ppl, "params": 100, "tokens_per_s": 10.0,
-             "wall_s": 60.0, "epochs": 2, "best_epoch": 2}))
+             "wall_s": 60.0, "epochs": 2, "best_epoch": 1 if (row, seed) == ("plain", 2) else 2}))
     (runs / "flipout-seed2").mkdir()
     (runs / "flipout-seed2" / "last.pt").write_bytes(b"")
     assert compare.main([str(suite), "--report-only", "wandb.mode=disabled",
@@ -211,6 +211,8 @@ def test_report_of_hand_written_runs_shows_single_values_where_one_seed_finished
     assert per_seed[3]["status"] == "unfinished"
     assert "- flipout (seed 2): unfinished (last.pt in" in report
     assert "wall time" in plain and plain["wall time"] == "2m 00s"
+    assert ("- Best at the last epoch of the budget, so still improving when it ended (a longer "
+            "budget may do better): plain (seed 1), flipout (seed 1).") in report
 
 
 @pytest.mark.parametrize("edit, args, expected", [
