@@ -52,7 +52,13 @@ from .reporting import (
     run_facts,
 )
 from .resources import check_memory
-from .resume import adopt_config, checked_last, restore_rng, restore_training
+from .resume import (
+    adopt_config,
+    check_data_unchanged,
+    checked_last,
+    restore_rng,
+    restore_training,
+)
 from .run_dir import BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir, write_results
 from .run_lock import RunLock
 from .saving import CheckpointWriting
@@ -101,6 +107,7 @@ class Trainer(CheckpointWriting):
             self.echo(note)
         if last is not None:
             check_vocab(self.corpus, last["vocab"], str(self.last_path))
+            check_data_unchanged(last, self.corpus, self.last_path)
             adopt_config(last["config"], recipe, self.last_path, self.echo)
         check_memory(recipe, self.device)
         self.model = LanguageModel(recipe.model).to(self.device)

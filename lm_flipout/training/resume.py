@@ -11,7 +11,8 @@ import torch
 from torch.optim import Optimizer
 
 from ..config import Recipe, changed_settings, recipe_to_dict, with_defaults
-from ..errors import CheckpointError, TrainingError
+from ..data.corpus import Corpus
+from ..errors import CheckpointError, DataError, TrainingError
 from ..model import LanguageModel
 from ..nn.lstm import State
 from .checkpoint import load_checkpoint, set_rng_state
@@ -104,6 +105,25 @@ def adopt_config(stored: dict, recipe: Recipe, last_path: Path,
         )
     for key, (before, now) in changed.items():
         echo(f"--resume: {key} changed from {before!r} to {now!r}.")
+
+
+def check_data_unchanged(state: dict, corpus: Corpus, last_path: Path) -> None:
+    """Refuse a resume on data whose text differs from what the run trained and scored on so
+    far (the sha256 digests in last.pt; checkpoints from before they were recorded pass)."""
+    recorded = state.get("data_digests")
+    if not isinstance(recorded, dict):
+        return
+    changed = [split for split, digest in recorded.items()
+               if corpus.digests.get(split) not in (None, digest)]
+    if changed:
+        which = (f"{changed[0]} split is" if len(changed) == 1 else
+                 f"{', '.join(changed[:-1])} and {changed[-1]} splits are")
+        raise DataError(
+            f"--resume: the {which} not the text {last_path} was trained with (the sha256 "
+            "recorded in it differs), so going on would mix two datasets in one "
+            "run. Point data.path (or data.train_file / valid_file / test_file) at the run's "
+            "original data, or start a new run under another name with train.run_name=NAME."
+        )
 
 
 def restore_training(state: dict, recipe: Recipe, model: LanguageModel, schedule: Schedule,

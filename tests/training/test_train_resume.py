@@ -287,3 +287,26 @@ def test_recurrent_dropout_zoneout_and_onehot_resume_exactly_after_a_crash_mid_e
     monkeypatch.undo()
     same_results(train_run(root, "cell_masks_crash", resume=True, model=model,
                            train=settings), expected)
+
+
+def test_resume_refuses_data_whose_text_changed(reference) -> None:
+    """The vocabulary can stay the same while a split's text changes (here one validation
+    character swapped for another): the run's digests catch it before anything is written."""
+    root, _ = reference
+    run_dir = root / "runs" / "changed_data"
+    shutil.copytree(root / "runs" / "reference", run_dir)
+    (run_dir / "results.json").unlink()
+    moved = root / "moved_corpus"
+    shutil.copytree(root / "corpus", moved)
+    valid = (moved / "valid.txt").read_text()
+    other = next(c for c in valid if c not in (valid[0], "\n"))  # already in the vocabulary
+    (moved / "valid.txt").write_text(other + valid[1:])
+    before = snapshot(run_dir)
+    with pytest.raises(DataError) as caught:
+        Trainer(make_recipe(root, data={"path": str(moved)}), run_dir, resume=True)
+    text = " ".join(str(caught.value).split())
+    assert text.startswith("--resume: the valid split is not the text")
+    assert "train.run_name=NAME" in text
+    assert snapshot(run_dir) == before
+    (moved / "valid.txt").write_text(valid)  # the same text in another place resumes
+    Trainer(make_recipe(root, data={"path": str(moved)}), run_dir, resume=True)
