@@ -8,13 +8,15 @@ from lm_flipout.data.corpus import Corpus
 
 
 def corpus_stats(corpus: Corpus) -> dict[str, Any]:
-    """Tokenizer, vocabulary size, cache path and per-split tokens/characters/words."""
+    """Tokenizer, vocabulary size, cache path and per-split tokens/characters/words, with
+    the tokens the vocabulary turned into ``<unk>`` and the characters of their text."""
     return {
         "tokenizer": corpus.tokenizer,
         "vocab_size": corpus.vocab_size,
         "cache_path": corpus.cache_path,
         "splits": {
-            name: {"tokens": split.n_tokens, "characters": split.n_chars, "words": split.n_words}
+            name: {"tokens": split.n_tokens, "characters": split.n_chars, "words": split.n_words,
+                   "unk_tokens": split.unk_tokens, "unk_characters": split.unk_chars}
             for name, split in corpus.splits.items()
         },
     }

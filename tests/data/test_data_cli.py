@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 def write_corpus(root: Path) -> Path:
     root.mkdir()
     (root / "train.txt").write_text("a b a\nc\n")
-    (root / "valid.txt").write_text("a c\n")
+    (root / "valid.txt").write_text("a dd\n")  # "dd" never occurs in train: <unk>
     (root / "test.txt").write_text("b b\n")
     return root
 
@@ -26,9 +26,12 @@ def test_corpus_stats(tmp_path):
         "vocab_size": 5,
         "cache_path": corpus.cache_path,
         "splits": {
-            "train": {"tokens": 6, "characters": 8, "words": 6},
-            "valid": {"tokens": 3, "characters": 4, "words": 3},
-            "test": {"tokens": 3, "characters": 4, "words": 3},
+            "train": {"tokens": 6, "characters": 8, "words": 6, "unk_tokens": 0,
+                      "unk_characters": 0},
+            "valid": {"tokens": 3, "characters": 5, "words": 3, "unk_tokens": 1,
+                      "unk_characters": 2},
+            "test": {"tokens": 3, "characters": 4, "words": 3, "unk_tokens": 0,
+                     "unk_characters": 0},
         },
     }
 
@@ -42,7 +45,9 @@ def test_stats_command_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
     assert stats["tokenizer"] == "char" and stats["vocab_size"] == 6  # <eos> <unk> a ' ' b c
-    assert stats["splits"]["train"] == {"tokens": 8, "characters": 8, "words": 6}
+    assert stats["splits"]["train"] == {"tokens": 8, "characters": 8, "words": 6,
+                                        "unk_tokens": 0, "unk_characters": 0}
+    assert stats["splits"]["valid"]["unk_tokens"] == 2  # the two d's: not a training character
     cache_path = Path(stats["cache_path"])
     assert cache_path.is_file() and cache_path.parent == tmp_path / "cache"
 

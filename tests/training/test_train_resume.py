@@ -299,7 +299,7 @@ def test_resume_refuses_data_whose_text_changed(reference) -> None:
     moved = root / "moved_corpus"
     shutil.copytree(root / "corpus", moved)
     valid = (moved / "valid.txt").read_text()
-    other = next(c for c in valid if c not in (valid[0], "\n"))  # the vocabulary is the train split's
+    other = next(c for c in valid if c not in (valid[0], "\n"))  # vocabulary: from train
     (moved / "valid.txt").write_text(other + valid[1:])
     before = snapshot(run_dir)
     with pytest.raises(DataError) as caught:
