@@ -4,16 +4,17 @@ has not finished, then write its report."""
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..experiments.compare import train_unfinished
 from ..experiments.report import write_report
 from ..experiments.rows import collect_rows
-from ..experiments.suite import check_seeds, load_suite, plan_runs
+from ..experiments.suite import Suite, check_seeds, load_suite, plan_runs
 from ..experiments.summary import log_summary
 from . import fail, parse_in_any_order
 
@@ -53,7 +54,8 @@ examples:
   {prog} recipes/suites/ptb_word_cpu.yaml
   {prog} recipes/suites/ptb_word_medium.yaml train.device=cuda:1
   {prog} recipes/suites/ptb_char_cpu.yaml --seeds 1,2,3
-  {prog} recipes/suites/ptb_word_cpu.yaml --report-only"""
+  {prog} recipes/suites/ptb_word_cpu.yaml --report-only
+  {prog} recipes/suites/ptb_word_cpu.yaml --report-only --baseline 'Gaussian shared'"""
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -74,6 +76,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                              "and its rows' seeds: lists)")
     parser.add_argument("--reports-dir", default="reports", metavar="DIR",
                         help="where the report and plot go (default: reports)")
+    parser.add_argument("--baseline", metavar="LABEL",
+                        help="pair the differences against this row instead of the suite's "
+                             "baseline; the report is then <suite>-vs-<label>.md")
     return parser
 
 
@@ -91,6 +96,17 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def choose_baseline(suite: Suite, label: str) -> str:
+    """Make the row labelled ``label`` the suite's baseline; returns the label as a file-name
+    part. ConfigError when no row has that label."""
+    labels = [str(run.label) for run in suite.runs]
+    if label not in labels:
+        raise ConfigError(f"--baseline {label!r} is not the label of one of the suite's rows: "
+                          f"{', '.join(repr(known) for known in labels)}. Quote it as listed.")
+    suite.baseline = label
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "baseline"
+
+
 def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
     """The command line, options and overrides in any order."""
     return parse_in_any_order(build_parser(prog), argv)
@@ -102,9 +118,12 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     name = Path(args.suite).stem
     # the command that trains what the report shows (--report-only rebuilds the same report)
     seeds = ["--seeds", ",".join(map(str, args.seeds))] if args.seeds else []
-    command = shlex.join([*shlex.split(prog), args.suite, *args.overrides, *seeds])
+    baseline = ["--baseline", args.baseline] if args.baseline else []
+    command = shlex.join([*shlex.split(prog), args.suite, *args.overrides, *seeds, *baseline])
     try:
         suite, recipe_paths = load_suite(args.suite)
+        if args.baseline:
+            name = f"{name}-vs-{choose_baseline(suite, args.baseline)}"
         runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds)
         failed: list[str] = []
         if not args.report_only:

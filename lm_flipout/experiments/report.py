@@ -136,7 +136,8 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
                 continue
             est, show = diff.difference, FORMATS[metric]
             relative = (est.mean / diff.baseline_mean * 100) if diff.baseline_mean else 0.0
-            lines.append(f"| {row.label} | {HEADERS[metric]} | {est.n} | {show(est.mean)} "
+            signed = ("+" if est.mean >= 0 else "") + show(est.mean)
+            lines.append(f"| {row.label} | {HEADERS[metric]} | {est.n} | {signed} "
                          f"({relative:+.1f}%) | {_interval(metric, est)} | {diff.verdict} |")
     lines += ["", "Per seed:", ""]
     lines += _header(["run", "seed", "status", *(HEADERS[m] for m in shown), "tokens/s",

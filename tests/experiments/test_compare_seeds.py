@@ -143,7 +143,7 @@ def check_report(report: str, results: dict) -> None:
         base = (results["plain", 1][metric] + results["plain", 2][metric]) / 2
         assert diff["seeds"] == "2"
         places = 3 if metric.endswith("bpc") else 2
-        assert diff["difference"] == f"{centre:.{places}f} ({centre / base * 100:+.1f}%)"
+        assert diff["difference"] == f"{centre:+.{places}f} ({centre / base * 100:+.1f}%)"
         assert diff["95% CI"] == f"[{centre - half:.{places}f}, {centre + half:.{places}f}]"
         expected = ("better" if centre + half < 0 else "worse" if centre - half > 0
                     else "not resolved at 2 seeds")
@@ -213,6 +213,20 @@ def test_report_of_hand_written_runs_shows_single_values_where_one_seed_finished
     assert "wall time" in plain and plain["wall time"] == "2m 00s"
     assert ("- Best at the last epoch of the budget, so still improving when it ended (a longer "
             "budget may do better): plain (seed 1), flipout (seed 1).") in report
+
+    # The same runs paired against another row, in a report of its own.
+    assert compare.main([str(suite), "--report-only", "--baseline", "flipout",
+                         "wandb.mode=disabled", "--reports-dir", str(tmp_path / "reports")]) == 0
+    other = (tmp_path / "reports" / "tiny-vs-flipout.md").read_text()
+    assert "Paired differences to flipout (row − flipout" in other
+    assert "--baseline flipout" in other
+    test = next(d for d in tables(other)[1] if d["metric"] == "test ppl")
+    assert (test["run"], test["seeds"], test["difference"]) == ("plain", "1", "+5.00 (+6.7%)")
+    assert (tmp_path / "reports" / "tiny.md").read_text() == report  # left as it was
+    assert compare.main([str(suite), "--report-only", "--baseline", "Plain"]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert message.startswith("error: --baseline 'Plain' is not the label of one of the suite's "
+                              "rows: 'plain', 'flipout'.")
 
 
 @pytest.mark.parametrize("edit, args, expected", [
