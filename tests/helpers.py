@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -94,9 +95,16 @@ def quiet_wandb_env(root: Path) -> dict[str, str]:
 
 
 def start_script(script: str, args: list[str], root: Path) -> subprocess.Popen:
+    """The script as a child that the tests signal. Its SIGINT and SIGTERM start at their
+    defaults: a shell's background job inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt."""
+    def default_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, str(REPO / script), *args], cwd=REPO,
                             env=script_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
 
 
 def run_script(script: str, args: list[str], root: Path,
