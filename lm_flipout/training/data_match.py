@@ -1,8 +1,9 @@
 """Scoring a checkpoint on the data it was trained with: where the data lives may be given
 anew (the data moved), but the text of a split must be what training saw.
 
-Checkpoints record the sha256 of each split's text ("data_digests"); a split whose text
-changed since is refused, or scored with a loud warning when asked to."""
+Checkpoints record the sha256 of each split's text ("data_digests"); `changed_splits` finds
+the splits whose text changed since (a resume refuses them too). Scoring refuses such a
+split, or scores it with a loud warning when asked to."""
 
 from __future__ import annotations
 
@@ -38,18 +39,26 @@ def relocate_data(config: dict[str, Any], overrides: Iterable[str], path: str) -
     return apply_overrides(config, parsed) if parsed else config
 
 
+def changed_splits(state: dict[str, Any], corpus: Corpus) -> dict[str, tuple[str, str]]:
+    """The splits whose text is not what the checkpoint recorded, each with its (recorded,
+    current) sha256. Splits either side lacks, and checkpoints from before the digests were
+    recorded, count as unchanged."""
+    recorded = state.get("data_digests")
+    if not isinstance(recorded, dict):
+        return {}
+    return {split: (digest, corpus.digests[split]) for split, digest in recorded.items()
+            if corpus.digests.get(split) not in (None, digest)}
+
+
 def check_split_unchanged(state: dict[str, Any], corpus: Corpus, split: str, path: str,
                           allow_changed: bool,
                           warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
                           ) -> bool:
     """Compare the split's text with the digest the checkpoint recorded. A change raises
-    DataError, or with ``allow_changed`` warns and returns True. Checkpoints from before the
-    digests were recorded are not checked."""
-    recorded = state.get("data_digests")
-    stored = recorded.get(split) if isinstance(recorded, dict) else None
-    now = corpus.digests.get(split)
-    if stored is None or now is None or stored == now:
+    DataError, or with ``allow_changed`` warns and returns True."""
+    if split not in (changed := changed_splits(state, corpus)):
         return False
+    stored, now = changed[split]
     what = (f"The {split} split is not the text {path} was trained with: its content changed "
             f"since (sha256 {now[:12]}..., training recorded {stored[:12]}...)")
     if not allow_changed:

@@ -16,6 +16,7 @@ from ..errors import CheckpointError, DataError, TrainingError
 from ..model import LanguageModel
 from ..nn.lstm import State
 from .checkpoint import load_checkpoint, set_rng_state
+from .data_match import changed_splits
 from .distributed import DistContext, sum_across_ranks
 from .optimizers import build_optimizer
 from .run_dir import LAST_FILE, check_run_dir
@@ -110,11 +111,7 @@ def adopt_config(stored: dict, recipe: Recipe, last_path: Path,
 def check_data_unchanged(state: dict, corpus: Corpus, last_path: Path) -> None:
     """Refuse a resume on data whose text differs from what the run trained and scored on so
     far (the sha256 digests in last.pt; checkpoints from before they were recorded pass)."""
-    recorded = state.get("data_digests")
-    if not isinstance(recorded, dict):
-        return
-    changed = [split for split, digest in recorded.items()
-               if corpus.digests.get(split) not in (None, digest)]
+    changed = list(changed_splits(state, corpus))
     if changed:
         which = (f"{changed[0]} split is" if len(changed) == 1 else
                  f"{', '.join(changed[:-1])} and {changed[-1]} splits are")
