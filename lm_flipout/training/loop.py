@@ -39,7 +39,7 @@ from .distributed import (
     rank_seed,
     sum_across_ranks,
 )
-from .environment import seed_everything, select_device
+from .environment import git_revision, seed_everything, select_device
 from .objective import step_loss
 from .optimizers import averaged_weights, build_optimizer, scaled_step
 from .reporting import (
@@ -99,6 +99,7 @@ class Trainer(CheckpointWriting):
         """Everything the recipe describes, built while holding the run's lock."""
         last = on_main(self.dist,  # fail before slow work
                        lambda: checked_last(self.run_dir, resume, self.dist.world_size))
+        self.git_rev = git_revision()  # the code this process runs, even if the tree changes
         self.device = select_device(recipe.train.device, self.dist)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
@@ -293,7 +294,7 @@ class Trainer(CheckpointWriting):
         results.update(optimal_perplexities(self.recipe))
         results.update(eval_protocol(self.recipe.data))
         results.update(run_facts(self.progress, self.model.num_parameters(), self.device,
-                                 self.dist.world_size))
+                                 self.dist.world_size, self.git_rev))
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             with self._guarded(self.run_dir / RESULTS_FILE):

@@ -12,7 +12,6 @@ import torch
 from ..config import Recipe
 from ..data import DataConfig
 from ..data.synthetic_source import ensure_synthetic_corpus
-from .environment import git_revision
 from .state import Progress
 
 
@@ -62,13 +61,14 @@ def results_line(results: dict[str, Any], path: Path) -> str:
 
 
 def run_facts(progress: Progress, params: int, device: torch.device,
-              processes: int) -> dict[str, Any]:
-    """How the run went, for results.json next to its scores."""
+              processes: int, git_rev: str) -> dict[str, Any]:
+    """How the run went, for results.json next to its scores; ``git_rev`` is the revision the
+    finishing process started from (a resume records its own)."""
     return {
         "params": params,
         "tokens_per_s": progress.tokens_per_second,
         "wall_s": progress.wall_seconds,
-        "git_rev": git_revision(),
+        "git_rev": git_rev,
         "epochs": progress.epoch - 1,
         "best_epoch": progress.best_epoch,
         "steps": progress.step,

@@ -16,7 +16,7 @@ from helpers import snapshot, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import DataError, TrainingError
 from lm_flipout.tracking import read_metrics
-from lm_flipout.training import AlreadyFinished, Trainer
+from lm_flipout.training import AlreadyFinished, Trainer, loop
 from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 COMPARED = ("valid_ppl", "test_ppl", "valid_bpc", "test_bpc", "valid_word_ppl", "steps",
@@ -117,6 +117,24 @@ def test_crash_before_the_final_evaluation_resumes_exactly(reference, monkeypatc
                         train={"checkpoint_every_steps": 1})
     same_results(resumed, expected)
     assert not any(m.startswith("epoch ") for m in messages)  # nothing was retrained
+
+
+def test_results_record_the_revision_the_finishing_process_started_from(reference,
+                                                                        monkeypatch) -> None:
+    """The checkout may change while a run trains (a commit, an edit): results.json names the
+    code the finishing process loaded when it started, not what the tree holds at its end."""
+    root, _ = reference
+    monkeypatch.setattr(loop, "git_revision", lambda: "aaaaaaa")
+    crash_when(monkeypatch, "_final_results", lambda t: True)
+    with pytest.raises(Crash):
+        train_run(root, "revision", train={"checkpoint_every_steps": 1})
+    monkeypatch.undo()
+    revisions = iter(["bbbbbbb", "ccccccc-dirty"])  # at the resume's start, then later
+    monkeypatch.setattr(loop, "git_revision", lambda: next(revisions))
+    results = train_run(root, "revision", resume=True, train={"checkpoint_every_steps": 1})
+    assert results["git_rev"] == "bbbbbbb"
+    recorded = json.loads((root / "runs" / "revision" / "results.json").read_text())
+    assert recorded["git_rev"] == "bbbbbbb"
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(reference) -> None:
