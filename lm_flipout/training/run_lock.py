@@ -83,8 +83,7 @@ class RunLock:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _holder(handle)
             handle.close()
             raise RunInUse(
                 f"The run {self.run_dir} is in use by another training process ({holder}; "
@@ -127,9 +126,15 @@ def lock_holder(run_dir: Path) -> Optional[str]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return handle.read().strip() or "another process"
+            return _holder(handle)
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     return None
+
+
+def _holder(handle: IO[str]) -> str:
+    """Who a lock file names as its holder ("pid N on host H")."""
+    handle.seek(0)
+    return handle.read().strip() or "another process"
 
 
 def _same_file(handle: IO[str], path: Path) -> bool:
