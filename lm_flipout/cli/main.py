@@ -16,6 +16,8 @@ from . import INTERRUPTED_AT_START
 COMMANDS = {
     "train": "train a language model from a YAML recipe",
     "evaluate": "score a trained checkpoint on the valid or test split",
+    "generate": "write text with a trained model (streamed as it comes)",
+    "export": "write a checkpoint as a folder others load with load_pretrained",
     "compare": "train the unfinished runs of a suite and write its report",
     "data": "corpus statistics, the synthetic corpus, and `data fetch ptb`",
     "bench": "speed and memory of the perturbed LSTM against torch.nn.LSTM",
@@ -34,6 +36,8 @@ examples:
   {prog} train recipes/quickstart.yaml
   {prog} train recipes/ptb/word_cpu_wd_flipout.yaml --resume optim.lr=10
   {prog} evaluate checkpoints/quickstart/best.pt --split valid
+  {prog} generate checkpoints/quickstart/best.pt --prompt "the" --tokens 50 --seed 1
+  {prog} export checkpoints/quickstart/best.pt models/quickstart
   {prog} compare recipes/suites/ptb_word_cpu.yaml"""
 
 

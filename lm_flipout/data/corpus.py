@@ -19,7 +19,6 @@ from lm_flipout.data.config import DataConfig
 from lm_flipout.data.raw import SPLITS, RawSplit
 from lm_flipout.data.sources import read_splits
 from lm_flipout.data.text import (
-    WORD_BOUNDARY,
     count_chars,
     count_words,
     has_words,
@@ -27,9 +26,9 @@ from lm_flipout.data.text import (
     split_lines,
 )
 from lm_flipout.data.tokenizers import (
-    EOS,
     build_vocab,
     char_tokens,
+    decode_ids,
     encode,
     unknown_counts,
     word_tokens,
@@ -83,26 +82,7 @@ class Corpus:
     def decode(self, ids: Union[torch.Tensor, Sequence[int]]) -> str:
         """Text of a sequence of ids; `<eos>` becomes a newline."""
         id_list = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        lines: list[str] = []
-        current: list[str] = []
-
-        def render(pieces: list[str]) -> str:
-            if self.tokenizer == "word":
-                return " ".join(pieces)
-            if self.tokenizer == "sentencepiece":
-                return "".join(pieces).replace("\u2581", " ").lstrip(" ")
-            if self.char_ptb:
-                return "".join(" " if p == WORD_BOUNDARY else p for p in pieces)
-            return "".join(pieces)
-
-        for i in id_list:
-            tok = self.vocab[i]
-            if tok == EOS:
-                lines.append(render(current) + "\n")
-                current = []
-            else:
-                current.append(tok)
-        return "".join(lines) + render(current)
+        return decode_ids(id_list, self.vocab, self.tokenizer, self.char_ptb)
 
 
 def _tokenizer_settings(cfg: DataConfig) -> dict[str, Any]:
@@ -128,10 +108,16 @@ def cache_paths(cfg: DataConfig, raw: dict[str, RawSplit]) -> tuple[str, str, st
     settings = _tokenizer_settings(cfg)
     digests = {n: raw[n].digest for n in SPLITS}
     key = cache_key({"format": CACHE_FORMAT, "settings": settings, "splits": digests})
-    sp_key = cache_key({"format": CACHE_FORMAT, "settings": settings, "train": raw["train"].digest})
     corpus_path = os.path.join(cfg.cache_dir, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
-    sp_path = os.path.join(cfg.cache_dir, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
-    return key, corpus_path, sp_path
+    return key, corpus_path, sp_model_path(cfg, raw["train"].digest)
+
+
+def sp_model_path(cfg: DataConfig, train_digest: str) -> str:
+    """Where the cache keeps the SentencePiece model trained on a training split whose text
+    has sha256 ``train_digest`` with ``cfg``'s settings."""
+    settings = _tokenizer_settings(cfg)
+    sp_key = cache_key({"format": CACHE_FORMAT, "settings": settings, "train": train_digest})
+    return os.path.join(cfg.cache_dir, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
 
 
 def _empty_split_error(cfg: DataConfig, split: RawSplit) -> DataError:

@@ -113,6 +113,16 @@ def load_or_train(lines: list[list[str]], cfg: DataConfig, model_path: str, orig
     return spm.SentencePieceProcessor(model_proto=proto)
 
 
+def processor_from_bytes(proto: bytes) -> Any:
+    """The processor of a serialized model (DataError when it cannot be read)."""
+    spm = _import_sentencepiece()
+    try:
+        return spm.SentencePieceProcessor(model_proto=proto)
+    except (RuntimeError, OSError) as err:
+        raise DataError(f"A SentencePiece model cannot be read ({err}); the file is damaged. "
+                        "Write it again (train or export the run again).") from None
+
+
 def vocab_of(processor: Any) -> list[str]:
     """Index -> piece."""
     return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]

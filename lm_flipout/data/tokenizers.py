@@ -64,6 +64,33 @@ def encode(tokens: Iterable[str], vocab: list[str]) -> torch.Tensor:
     return torch.tensor([index.get(tok, unk) for tok in tokens], dtype=torch.long)
 
 
+def decode_ids(ids: Iterable[int], vocab: list[str], tokenizer: str, char_ptb: bool = False
+               ) -> str:
+    """Text of token ids under ``tokenizer`` (word, char or sentencepiece): `<eos>` becomes a
+    newline, words are joined by spaces, SentencePiece's `\u2581` marks a space, and in PTB
+    character form `_` is the space between words."""
+    lines: list[str] = []
+    current: list[str] = []
+
+    def render(pieces: list[str]) -> str:
+        if tokenizer == "word":
+            return " ".join(pieces)
+        if tokenizer == "sentencepiece":
+            return "".join(pieces).replace("\u2581", " ").lstrip(" ")
+        if char_ptb:
+            return "".join(" " if p == WORD_BOUNDARY else p for p in pieces)
+        return "".join(pieces)
+
+    for i in ids:
+        token = vocab[i]
+        if token == EOS:
+            lines.append(render(current) + "\n")
+            current = []
+        else:
+            current.append(token)
+    return "".join(lines) + render(current)
+
+
 def unknown_counts(tokens: Iterable[str], vocab: list[str]) -> tuple[int, int]:
     """(tokens, characters) that `encode` maps to `<unk>` because `vocab` lacks them; a
     literal `<unk>` of the text is in every vocabulary and so is not counted."""

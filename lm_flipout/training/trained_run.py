@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Optional
 
+from torch.optim import Optimizer
+
 from ..config import Recipe, recipe_from_dict
 from ..data import check_vocab, load_corpus, undefined_char_metrics_note
 from ..data.batching import make_batches
@@ -25,6 +27,30 @@ def load_trained_run(path: str, data_overrides: Sequence[str] = ()
     stored in it (``data_overrides`` may say where the data lives now, e.g.
     ``data.path=DIR``), the corpus (vocabulary checked against the checkpoint's) and the
     model on the CPU with the checkpoint's weights. Every mismatch is a clear UserError."""
+    state, recipe = _checkpoint_recipe(path, data_overrides)
+    try:
+        corpus = load_corpus(recipe.data)
+    except DataError as err:
+        raise DataError(f"{err} {MOVED_HINT}") from None
+    check_vocab(corpus, state["vocab"], str(path))
+    return state, recipe, corpus, _model_of(state, recipe, path)
+
+
+def load_trained_model(path: str) -> tuple[dict, Recipe, LanguageModel]:
+    """The raw state, stored recipe and model of a checkpoint, without reading the corpus
+    (for generating text and exporting). A last.pt taken while NT-ASGD was averaging holds
+    the averaged weights in the model, as evaluation scores it."""
+    state, recipe = _checkpoint_recipe(path, ())
+    model = _model_of(state, recipe, path)
+    optimizer = _averaging_optimizer(state, recipe, model, path)
+    if optimizer is not None:
+        with averaged_weights(model, optimizer):
+            averaged = {key: value.clone() for key, value in model.state_dict().items()}
+        model.load_state_dict(averaged)
+    return state, recipe, model
+
+
+def _checkpoint_recipe(path: str, data_overrides: Sequence[str]) -> tuple[dict, Recipe]:
     state = load_checkpoint(path, map_location="cpu")
     missing = [key for key in ("model", "config", "vocab") if key not in state]
     if missing or not isinstance(state.get("config"), dict):
@@ -34,18 +60,30 @@ def load_trained_run(path: str, data_overrides: Sequence[str] = ()
             "so the model cannot be rebuilt from it. Pass a best.pt or last.pt written by train.py."
         )
     config = relocate_data(state["config"], data_overrides, path)
-    recipe = recipe_from_dict(config, where=f"{path} (its stored config)")
-    try:
-        corpus = load_corpus(recipe.data)
-    except DataError as err:
-        raise DataError(f"{err} {MOVED_HINT}") from None
-    check_vocab(corpus, state["vocab"], str(path))
+    return state, recipe_from_dict(config, where=f"{path} (its stored config)")
+
+
+def _model_of(state: dict, recipe: Recipe, path: str) -> LanguageModel:
     model = LanguageModel(recipe.model)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as err:
         raise _misfit(path, err) from None
-    return state, recipe, corpus, model
+    return model
+
+
+def _averaging_optimizer(state: dict, recipe: Recipe, model: LanguageModel,
+                         path: str) -> Optional[Optimizer]:
+    """NT-ASGD's optimizer with the checkpoint's running means, or None unless a last.pt
+    was taken while it averaged."""
+    if not (state.get("schedule", {}).get("averaging") and "optimizer" in state):
+        return None
+    try:
+        optimizer = build_optimizer(recipe.optim, model.parameters(), averaging=True)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise _misfit(path, err) from None
+    return optimizer
 
 
 def _misfit(path: str, err: Exception) -> Exception:
@@ -81,13 +119,7 @@ def evaluate_checkpoint(
     changed = check_split_unchanged(state, corpus, split, path, allow_changed_data)
     if batch_size is not None:
         recipe.data.eval_batch_size = recipe.data.test_batch_size = batch_size
-    optimizer = None
-    if state.get("schedule", {}).get("averaging") and "optimizer" in state:
-        try:
-            optimizer = build_optimizer(recipe.optim, model.parameters(), averaging=True)
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise _misfit(path, err) from None
+    optimizer = _averaging_optimizer(state, recipe, model, path)
     model.to(target)
     batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
     with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging
