@@ -171,6 +171,11 @@ def load_pretrained(directory: PathLike, device: Union[str, torch.device] = "cpu
     model = LanguageModel(from_dict(ModelConfig, config["model"], where))
     data = from_dict(DataConfig, config["data"], where)
     tokenizer = _read_tokenizer(directory, data, str(config.get("tokenizer_file")))
+    if len(tokenizer.vocab) != model.config.vocab_size:
+        raise CheckpointError(
+            f"The tokenizer of {directory} has {len(tokenizer.vocab)} tokens but its "
+            f"{CONFIG_FILE} describes a model of {model.config.vocab_size}: the files come from "
+            "different exports. Export the run again.")
     try:
         from safetensors.torch import load_model
 

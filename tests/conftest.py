@@ -39,3 +39,23 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     for name, value in quiet_wandb_env(tmp_path).items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory):
+    """``get(tokenizer)``: the run directory of a tiny run trained for one epoch with that
+    tokenizer (word, char or sentencepiece), trained once per test session."""
+    from helpers import train_tiny_run
+
+    runs: dict[str, Path] = {}
+    data = {"word": {"tokenizer": "word"}, "char": {},
+            "sentencepiece": {"tokenizer": "sentencepiece", "sp_model_type": "bpe",
+                              "sp_vocab_size": 30}}
+
+    def get(tokenizer: str) -> Path:
+        if tokenizer not in runs:
+            root = tmp_path_factory.mktemp(f"tiny-{tokenizer}")
+            runs[tokenizer] = train_tiny_run(root, train={"epochs": 1}, data=data[tokenizer])
+        return runs[tokenizer]
+
+    return get

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import REPO, script_env, tiny_recipe, write_recipe
 from lm_flipout import __version__
-from lm_flipout.cli import bench, compare, data, evaluate, train, variance
+from lm_flipout.cli import bench, compare, data, evaluate, generate, train, variance
 from lm_flipout.cli.main import COMMANDS, main
 from lm_flipout.training.distributed import DistContext
 
@@ -20,6 +20,7 @@ from lm_flipout.training.distributed import DistContext
 HELP_SAYS = {
     "train": "--resume", "evaluate": "--mc-samples", "compare": "--report-only",
     "data": "fetch", "bench": "--shapes", "variance": "--batch-sizes",
+    "generate": "--sample-weights", "export": "--force",
 }
 
 
@@ -72,6 +73,8 @@ def test_version_and_unknown_commands(capsys: pytest.CaptureFixture) -> None:
     (variance, ["--repeats", "4", "best.pt", "--seed", "1"],
      ["best.pt", "--seed", "1", "--repeats", "4"]),
     (bench, ["--device", "cpu", "--shapes", "char"], ["--shapes", "char", "--device", "cpu"]),
+    (generate, ["--seed", "1", "best.pt", "--top-k", "3"],
+     ["best.pt", "--top-k", "3", "--seed", "1"]),
 ])
 def test_options_and_overrides_in_any_order(module, first: list[str], second: list[str]) -> None:
     parsed = module.parse_args(first)

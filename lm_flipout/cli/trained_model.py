@@ -10,7 +10,7 @@ import torch
 
 from ..data.run_tokenizer import tokenizer_of_run
 from ..errors import CheckpointError
-from ..pretrained import PretrainedLM, load_pretrained
+from ..pretrained import CONFIG_FILE, PretrainedLM, load_pretrained
 
 
 def from_checkpoint(path: str) -> PretrainedLM:
@@ -32,6 +32,11 @@ def from_checkpoint(path: str) -> PretrainedLM:
 def load_model_source(path: str, device: Union[str, torch.device] = "cpu") -> PretrainedLM:
     """An exported folder (a directory) or a checkpoint (a file), on ``device``."""
     if Path(path).is_dir():
+        if not (Path(path) / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{path} is a folder, neither an exported model (it has no {CONFIG_FILE}) nor "
+                "a checkpoint. Give a checkpoint file, e.g. <run>/best.pt, or a folder written "
+                "by `lm-flipout export CHECKPOINT DIR`.")
         return load_pretrained(path, device)
     lm = from_checkpoint(path)
     lm.model.to(device)
