@@ -142,3 +142,35 @@ def _edit_config(folder: Path, **model: object) -> None:
     config = json.loads((folder / "config.json").read_text())
     config["model"].update(model)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("train", ["the cat sat\na dog ran\n", "t h e _ c a t\na _ d o g\n"])
+def test_ptb_character_form_is_read_as_the_corpus_reads_it(tmp_path, train) -> None:
+    from lm_flipout.data import DataConfig
+    from lm_flipout.data.run_tokenizer import tokenizer_of_run
+
+    for name, text in (("train", train), ("valid", train), ("test", train[::-1].strip() + "\n")):
+        (tmp_path / f"{name}.txt").write_text(text)
+    cfg = DataConfig(path=str(tmp_path), tokenizer="char", char_ptb=True,
+                     cache_dir=str(tmp_path / "cache"))
+    corpus = load_corpus(cfg)
+    tok = tokenizer_of_run(cfg, corpus.vocab, None, "test")
+    assert tok.encode(train).ids == corpus.splits["train"].tokens.tolist()
+    assert tok.decode(tok.encode(train).ids) == corpus.decode(corpus.splits["train"].tokens)
+
+
+def test_the_readme_example_runs_on_an_exported_folder(exported) -> None:
+    import re
+
+    from helpers import REPO
+
+    run, folder = exported("word")
+    readme = (REPO / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                if "load_pretrained" in block)
+    test_text = run.parents[1] / "corpus" / "test.txt"
+    code = code.replace("models/<run>", str(folder)).replace("test.txt", str(test_text))
+    scope: dict = {}
+    with pytest.warns(UserWarning, match="'stock'"):  # a word the tiny corpus lacks
+        exec(code, scope)
+    assert scope["lm"].perplexity(test_text.read_text()) > 1
