@@ -89,20 +89,26 @@ class PretrainedLM:
             shown = ", ".join(repr(t) for t in dict.fromkeys(encoded.unknown))
             warnings.warn(f"not in the model's vocabulary, read as <unk>: {shown}",
                           stacklevel=2)
-        written = self.tokenizer.decode(encoded.ids)
+        # Text is decoded line by line (a line's text ends at its <eos>), so streaming
+        # decodes only the open line at each token.
+        eos, ids = self.tokenizer.eos_id, list(encoded.ids)
+        line_start = max((i + 1 for i, token in enumerate(ids) if token == eos), default=0)
+        closed = self.tokenizer.decode(ids[:line_start])
+        written = closed + self.tokenizer.decode(ids[line_start:])
         if on_text is not None and written:
             on_text(written)
-        drawn: list[int] = []
 
         def show(token: int) -> None:
-            nonlocal written
-            drawn.append(token)
-            text = self.tokenizer.decode(encoded.ids + drawn)
+            nonlocal closed, line_start, written
+            ids.append(token)
+            text = closed + self.tokenizer.decode(ids[line_start:])
+            if token == eos:
+                closed, line_start = text, len(ids)
             if on_text is not None and len(text) > len(written):
                 on_text(text[len(written):])
             written = text
 
-        sample_tokens(self.model, [self.tokenizer.eos_id] + encoded.ids, tokens,
+        sample_tokens(self.model, [eos] + encoded.ids, tokens,
                       secrets.randbits(63) if seed is None else seed, temperature=temperature,
                       top_k=top_k, top_p=top_p, sample_weights=sample_weights, on_token=show)
         return written
