@@ -174,3 +174,21 @@ def test_the_readme_example_runs_on_an_exported_folder(exported) -> None:
     with pytest.warns(UserWarning, match="'stock'"):  # a word the tiny corpus lacks
         exec(code, scope)
     assert scope["lm"].perplexity(test_text.read_text()) > 1
+
+
+def test_a_last_checkpoint_taken_while_averaging_exports_the_averaged_weights(
+        tmp_path, monkeypatch) -> None:
+    from helpers import train_tiny_run
+    from lm_flipout.training.schedules import Schedule
+
+    monkeypatch.setattr(Schedule, "stalled", lambda self, loss: True)  # average from epoch 2
+    run = train_tiny_run(tmp_path, optim={"name": "nt_asgd", "lr": 2.0, "clip": 0.5},
+                         train={"epochs": 2})
+    assert main(["export", str(run / "last.pt"), str(tmp_path / "model")]) == 0
+    lm = lm_flipout.load_pretrained(tmp_path / "model")
+    expected = evaluate_checkpoint(str(run / "last.pt"), "test", batch_size=1, device="cpu")
+    text = (tmp_path / "corpus" / "test.txt").read_text()
+    assert lm.perplexity(text) == pytest.approx(expected["ppl"], rel=1e-12)
+    iterate = load_checkpoint(run / "last.pt")["model"]
+    exported = lm.model.state_dict()
+    assert any(not torch.equal(exported[key], value) for key, value in iterate.items())
