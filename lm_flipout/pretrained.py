@@ -22,7 +22,7 @@ from .config.convert import from_dict, to_dict
 from .data.batching import make_batches
 from .data.config import DataConfig
 from .data.run_tokenizer import RunTokenizer
-from .errors import CheckpointError, UserError, first_line
+from .errors import CheckpointError, DataError, UserError, first_line
 from .evaluation import total_nll
 from .generation import sample_tokens
 from .model import LanguageModel, ModelConfig
@@ -222,7 +222,7 @@ def _read_tokenizer(directory: Path, data: DataConfig, name: str) -> RunTokenize
         if expected == SP_MODEL_FILE:
             return RunTokenizer("sentencepiece", [], sp_model=path.read_bytes())
         vocab = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, DataError) as err:
         raise CheckpointError(f"{path} cannot be read ({first_line(err)}). Export the run "
                               "again.") from None
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):

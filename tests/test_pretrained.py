@@ -192,3 +192,11 @@ def test_a_last_checkpoint_taken_while_averaging_exports_the_averaged_weights(
     iterate = load_checkpoint(run / "last.pt")["model"]
     exported = lm.model.state_dict()
     assert any(not torch.equal(exported[key], value) for key, value in iterate.items())
+
+
+def test_a_damaged_sentencepiece_model_is_a_clear_error(exported) -> None:
+    _, folder = exported("sentencepiece")
+    (folder / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="tokenizer.model cannot be read") as error:
+        lm_flipout.load_pretrained(folder)
+    assert str(folder) in str(error.value)

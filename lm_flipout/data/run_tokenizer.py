@@ -120,8 +120,12 @@ def tokenizer_of_run(cfg: DataConfig, vocab: Sequence[str], train_digest: Option
                 f"{where} uses a SentencePiece tokenizer whose model is neither in the data cache "
                 f"(data.cache_dir={cfg.cache_dir}) nor can be rebuilt from the corpus: {err}"
             ) from None
-    with open(path, "rb") as handle:
-        tokenizer = RunTokenizer("sentencepiece", [], sp_model=handle.read())
+    try:
+        with open(path, "rb") as handle:
+            tokenizer = RunTokenizer("sentencepiece", [], sp_model=handle.read())
+    except OSError as err:
+        raise DataError(f"The SentencePiece model {path} of {where} cannot be read "
+                        f"({err.strerror or err}). Check its permissions.") from None
     if tokenizer.vocab != list(vocab):
         raise DataError(
             f"The SentencePiece model {path} does not match the vocabulary stored in {where} "
