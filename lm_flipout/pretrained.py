@@ -62,7 +62,7 @@ class PretrainedLM:
         ends in `<eos>`; words outside the vocabulary become `<unk>`), scored with mean
         weights at batch size 1 with the state carried across the whole text, in windows of
         the run's data.bptt: on a split's text, the number ``lm-flipout evaluate`` gives at
-        batch size 1."""
+        batch size 1 (for runs with the default data.eval_protocol, carry)."""
         ids = torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.long)
         if ids.numel() < 2:
             raise UserError("perplexity needs a text of at least two tokens (one to read, one "
