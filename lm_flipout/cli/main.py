@@ -15,6 +15,7 @@ from . import INTERRUPTED_AT_START
 
 COMMANDS = {
     "train": "train a language model from a YAML recipe",
+    "recipes": "list the built-in recipes, or copy one to edit",
     "evaluate": "score a trained checkpoint on the valid or test split",
     "compare": "train the unfinished runs of a suite and write its report",
     "data": "corpus statistics, the synthetic corpus, and `data fetch ptb`",
@@ -30,6 +31,8 @@ any order. Run directories and reports are written relative to the current folde
 name public corpora under the data root ($LM_FLIPOUT_DATA, default ~/.cache/lm_flipout/data).
 
 examples:
+  {prog} recipes
+  {prog} train quickstart
   {prog} data fetch ptb
   {prog} train recipes/quickstart.yaml
   {prog} train recipes/ptb/word_cpu_wd_flipout.yaml --resume optim.lr=10
