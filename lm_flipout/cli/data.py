@@ -34,7 +34,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def build_stats_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Load (and cache) the recipe's corpus and print a JSON summary: "
-        "per-split tokens, characters and words, vocabulary size and cache path.")
+        "per-split tokens, characters and words, vocabulary size, cache path and the cache "
+        "root ($LM_FLIPOUT_CACHE).")
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides, e.g. data.tokenizer=char")

@@ -129,8 +129,9 @@ def cache_paths(cfg: DataConfig, raw: dict[str, RawSplit]) -> tuple[str, str, st
     digests = {n: raw[n].digest for n in SPLITS}
     key = cache_key({"format": CACHE_FORMAT, "settings": settings, "splits": digests})
     sp_key = cache_key({"format": CACHE_FORMAT, "settings": settings, "train": raw["train"].digest})
-    corpus_path = os.path.join(cfg.cache_dir, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
-    sp_path = os.path.join(cfg.cache_dir, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
+    folder = cfg.cache_folder()
+    corpus_path = os.path.join(folder, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
+    sp_path = os.path.join(folder, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
     return key, corpus_path, sp_path
 
 
