@@ -96,7 +96,10 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
     recipe, run_dir = recipe_with_run_name(path, overrides)
     if args.print_config:
         if ctx.is_main:
-            print(recipe_to_yaml(recipe), end="")
+            print(recipe_to_yaml(recipe).replace(
+                "model:\n  vocab_size: null\n",
+                "model:\n  vocab_size: null  # the corpus's vocabulary, set when training starts\n",
+                1), end="")
         return 0
     check_sweep_logging(recipe.wandb.mode, os.environ)
     from ..training import AlreadyFinished, Interrupted, RunWriteError, Trainer
