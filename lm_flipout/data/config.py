@@ -63,8 +63,13 @@ class DataConfig:
     sp_model_type: Literal["unigram", "bpe"] = "unigram"
     # SentencePiece vocabulary size, `<unk>` and `<eos>` included.
     sp_vocab_size: int = 8000
-    # Fraction of characters SentencePiece must cover (1.0 = all; rarer ones become `<unk>`).
+    # Fraction of characters SentencePiece must cover (1.0 = all); rarer ones are spelled in
+    # bytes (with sp_byte_fallback) or become `<unk>`.
     sp_character_coverage: float = 1.0
+    # Spell a character the pieces do not cover (one unseen in training) as its UTF-8 bytes,
+    # one piece each, instead of `<unk>`, so that every text is encoded whole and bits per
+    # character are defined on it. The 256 byte pieces count toward sp_vocab_size.
+    sp_byte_fallback: bool = True
 
     # Seed of the synthetic hidden Markov model (source=synthetic).
     synthetic_seed: int = 0

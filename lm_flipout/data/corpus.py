@@ -90,7 +90,7 @@ class Corpus:
             if self.tokenizer == "word":
                 return " ".join(pieces)
             if self.tokenizer == "sentencepiece":
-                return "".join(pieces).replace("\u2581", " ").lstrip(" ")
+                return sp_tokenizer.pieces_text(pieces)
             if self.char_ptb:
                 return "".join(" " if p == WORD_BOUNDARY else p for p in pieces)
             return "".join(pieces)
@@ -112,6 +112,7 @@ def _tokenizer_settings(cfg: DataConfig) -> dict[str, Any]:
             "sp_model_type": cfg.sp_model_type,
             "sp_vocab_size": cfg.sp_vocab_size,
             "sp_character_coverage": float(cfg.sp_character_coverage),
+            "sp_byte_fallback": bool(cfg.sp_byte_fallback),
         }
     settings: dict[str, Any] = {
         "tokenizer": cfg.tokenizer,

@@ -71,7 +71,8 @@ def test_sentencepiece_counts_characters_it_does_not_cover(tmp_path: Path) -> No
     train = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 20
     path = write(tmp_path / "sp", train, ["the cat sat on a zq mat", "the dog"])
     sp = load_corpus(DataConfig(path=str(path), cache_dir=str(tmp_path / "cache"),
-                                tokenizer="sentencepiece", sp_vocab_size=18))
+                                tokenizer="sentencepiece", sp_vocab_size=18,
+                                sp_byte_fallback=False))
     valid = sp.splits["valid"]
     assert valid.unk_tokens >= 1 and valid.unk_chars == 2  # "z" and "q" are not covered
     assert sp.splits["train"].covers_text
