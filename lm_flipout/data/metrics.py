@@ -42,14 +42,10 @@ def word_perplexity(total_nll: float, split: Split, n_scored: Optional[int] = No
     return math.exp(_split_nll(total_nll, split, n_scored) / split.n_words)
 
 
-def _share(part: int, whole: int) -> str:
-    return f"{100 * part / max(whole, 1):.3g}%"
-
-
 # The keys that let each tokenizer spell more of the evaluation text.
 UNK_FIX = {
-    "word": "data.vocab_size: null and data.min_freq: 1 keep every training word (a word "
-            "unseen in training stays <unk>)",
+    "word": "data.vocab_size: null and data.min_freq: 1 keep every training word (an unseen "
+            "one stays <unk>)",
     "char": "data.vocab_size: null and data.min_freq: 1 keep every training character",
     "sentencepiece": "data.sp_byte_fallback: true spells unseen characters in bytes",
 }
@@ -60,11 +56,10 @@ def undefined_char_metrics_note(corpus: Corpus, splits: tuple[str, ...] = ("vali
     """One line: why bits per character and word-level perplexity are left out for some of
     `splits` (their <unk> counts) and the key that changes it; None when every one of them
     accounts for every character."""
-    parts = [f"{s.name} ({s.unk_tokens:,} of {s.n_tokens:,} tokens are <unk>, "
-             f"{_share(s.unk_tokens, s.n_tokens)}, holding {_share(s.unk_chars, s.n_chars)} "
-             "of its characters)"
+    parts = [f"{s.unk_tokens:,} of {s.n_tokens:,} {s.name}"
              for s in (corpus.splits[name] for name in splits) if not s.covers_text]
     if not parts:
         return None
-    return (f"Note: no bits per character or word perplexity for {' and '.join(parts)}: the "
-            f"{corpus.tokenizer} tokenizer made them <unk>; {UNK_FIX[corpus.tokenizer]}.")
+    return (f"Note: {' and '.join(parts)} tokens are <unk> to the {corpus.tokenizer} tokenizer, "
+            "so bits per character and word perplexity are not reported there; "
+            f"{UNK_FIX[corpus.tokenizer]}.")
