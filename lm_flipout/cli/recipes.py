@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ConfigError, UserError
 from . import fail
@@ -38,16 +40,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def list_recipes(width: int) -> None:
-    """Print each built-in recipe's name and the first sentence of its description."""
+def list_recipes(width: Optional[int]) -> None:
+    """Print each built-in recipe's name and the first sentence of its description, cut to
+    ``width`` columns unless it is None."""
     from ..config.builtin_recipes import builtin_recipes, description
 
     recipes = builtin_recipes()
     column = max(len(name) for name in recipes) + 2
-    room = max(20, width - column)
+    room = None if width is None else max(20, width - column)
     for name, path in recipes.items():
         text = description(path)
-        if len(text) > room:
+        if room is not None and len(text) > room:
             text = text[:room - 3].rstrip() + "..."
         print(f"{name:<{column}}{text}".rstrip())
 
@@ -83,7 +86,8 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
             if args.name is not None:
                 raise ConfigError(f"`{prog} list` takes no name; to copy {args.name!r}, run "
                                   f"`{prog} copy {args.name}`.")
-            list_recipes(shutil.get_terminal_size((100, 24)).columns)
+            terminal = sys.stdout.isatty()  # whole lines for a pipe (grep)
+            list_recipes(shutil.get_terminal_size().columns if terminal else None)
             return 0
         if args.name is None:
             raise ConfigError(f"`{prog} copy` needs the name of a recipe, e.g. `{prog} copy "
