@@ -48,12 +48,14 @@ def builtin_recipes() -> dict[str, Path]:
 
 def find_builtin(name: str) -> Optional[Path]:
     """The built-in recipe `name` names, or None: its full name, with or without `.yaml` and
-    the `recipes/` in front (as a clone's paths have them), or a file name that only one
-    built-in recipe has."""
+    the `recipes/` in front (as a clone's paths have them), or a bare file name that only
+    one built-in recipe has. A path elsewhere (`/...`, `my/quickstart.yaml`) names none."""
     recipes = builtin_recipes()
-    key = name.removesuffix(".yaml").strip("/").removeprefix("recipes/")
+    key = name.removesuffix(".yaml").removeprefix("recipes/")
     if key in recipes:
         return recipes[key]
+    if "/" in key:
+        return None
     by_stem = [path for full, path in recipes.items() if full.rsplit("/", 1)[-1] == key]
     return by_stem[0] if len(by_stem) == 1 else None
 

@@ -43,6 +43,10 @@ def test_a_recipe_argument_is_a_file_first_then_a_builtin_name(
         assert builtin.recipe_file(name) == quickstart
     assert builtin.recipe_file("word_cpu_wd_flipout") == builtin.recipe_file(
         "ptb/word_cpu_wd_flipout")  # a file name only one recipe has
+    for elsewhere in ("my/quickstart.yaml", str(tmp_path / "quickstart.yaml"),
+                      "other/ptb/word_cpu_wd_flipout"):
+        with pytest.raises(ConfigError, match="neither a file nor a built-in recipe"):
+            builtin.recipe_file(elsewhere)  # a missing file elsewhere is not a built-in
     (tmp_path / "quickstart").write_text("model: {}\n")
     assert builtin.recipe_file("quickstart") == Path("quickstart")  # a file wins
     with pytest.raises(ConfigError) as caught:
