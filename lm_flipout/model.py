@@ -51,7 +51,9 @@ class NoiseConfig:
 class ModelConfig:
     """Every architectural and regularization choice of `LanguageModel`."""
 
-    vocab_size: int = 10000  # set from the corpus by the trainer
+    # the corpus's vocabulary, which training sets from the data (data.tokenizer,
+    # data.vocab_size or data.sp_vocab_size); None until then
+    vocab_size: Optional[int] = None
     embedding_size: int = 200
     hidden_size: int = 200
     num_layers: int = 2
@@ -77,7 +79,9 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError naming `model.<key>` for the first setting that cannot work
         (the noise section checks itself)."""
-        for key in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
+        if self.vocab_size is not None:
+            check_range("model.vocab_size", self.vocab_size, low=1)
+        for key in ("embedding_size", "hidden_size", "num_layers"):
             check_range(f"model.{key}", getattr(self, key), low=1)
         for key in ("dropout_input", "dropout_between", "dropout_output", "dropout_hidden",
                     "dropout_embedding", "dropout_cell", "zoneout_cell", "zoneout_hidden"):
@@ -114,6 +118,9 @@ class LanguageModel(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set: a model needs the size of its "
+                              "vocabulary, which training takes from the corpus.")
         self.config = config
         noise = config.noise.build()
         onehot = config.input_encoding == "onehot"

@@ -1,5 +1,5 @@
 """Run logging: one JSON object per event in ``metrics.jsonl``, optional console lines, and
-Weights & Biases (offline by default).
+Weights & Biases (offline by default), whose own console messages are silenced.
 
 ``wandb`` is imported only when a run is started in mode ``offline`` or ``online``, so mode
 ``disabled`` works on machines without it. Offline mode writes the W&B run under
@@ -59,12 +59,14 @@ class Tracker:
         self._metrics = (self.run_dir / METRICS_FILE).open("a" if resume else "w", encoding="utf-8")
         self._summary: dict[str, Any] = {}
         self.wandb_run: Any = None
+        self.wandb_where: Optional[str] = None  # a console line: where the W&B run is
         if wandb_config.mode != "disabled":
             try:
                 self.wandb_run = start_wandb(wandb_config, self.run_dir, self.config, resume)
             except BaseException:
                 self._metrics.close()
                 raise
+            self.wandb_where = wandb_where(self.wandb_run, wandb_config.mode)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> dict[str, Any]:
         """Record one event at optimizer step ``step`` and return the line as written.
@@ -162,6 +164,7 @@ def start_wandb(
             id=run_id,
             resume="allow",
             mode=settings.mode,  # explicit, so WANDB_MODE in the environment cannot override it
+            settings=quiet_settings(wandb),
         )
     except wandb.errors.Error as err:
         raise UserError(
@@ -177,6 +180,24 @@ def start_wandb(
     run.define_metric("step")
     run.define_metric("*", step_metric="step")
     return run
+
+
+def quiet_settings(wandb: Any) -> Any:
+    """W&B settings that keep its own console messages (the banner, and the run summary of
+    some 30 lines at the end) out of the run's output, whose last line is the result; the
+    Tracker says in one line where the W&B run is. None where wandb cannot take them."""
+    try:
+        return wandb.Settings(silent=True)
+    except Exception:  # a wandb without the setting: its messages stay
+        return None
+
+
+def wandb_where(run: Any, mode: str) -> str:
+    """One console line: where the W&B run is, and for an offline run how to upload it."""
+    if mode == "offline":
+        folder = Path(run.dir).parent  # <dir>/wandb/offline-run-<time>-<id>; run.dir is files/
+        return f"W&B logs offline to {folder} (`wandb sync {folder}` uploads it)"
+    return f"W&B run: {run.url}"
 
 
 def read_metrics(path: Union[str, Path]) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ def tiny_trained_run(tmp_path_factory):
     runs: dict[str, Path] = {}
     data = {"word": {"tokenizer": "word"}, "char": {},
             "sentencepiece": {"tokenizer": "sentencepiece", "sp_model_type": "bpe",
-                              "sp_vocab_size": 30}}
+                              "sp_vocab_size": 30, "sp_byte_fallback": False}}
 
     def get(tokenizer: str) -> Path:
         if tokenizer not in runs:

@@ -34,8 +34,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def build_stats_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Load (and cache) the recipe's corpus and print a JSON summary: "
-        "per-split tokens, characters and words, vocabulary size and cache path.")
-    parser.add_argument("recipe", help="recipe YAML file")
+        "per-split tokens, characters and words, vocabulary size, cache path and the cache "
+        "root ($LM_FLIPOUT_CACHE).")
+    parser.add_argument("recipe", help="recipe YAML file, or a built-in recipe's name")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides, e.g. data.tokenizer=char")
     return parser
@@ -79,10 +80,11 @@ def build_fetch_parser(prog: str) -> argparse.ArgumentParser:
 
 def stats(args: argparse.Namespace) -> int:
     from ..config import load_recipe
+    from ..config.builtin_recipes import recipe_file
     from ..data.corpus import load_corpus
     from ..data.stats import corpus_stats
 
-    recipe = load_recipe(args.recipe, list(args.overrides))
+    recipe = load_recipe(recipe_file(args.recipe), list(args.overrides))
     print(json.dumps(corpus_stats(load_corpus(recipe.data)), indent=2))
     return 0
 

@@ -15,6 +15,7 @@ from . import INTERRUPTED_AT_START
 
 COMMANDS = {
     "train": "train a language model from a YAML recipe",
+    "recipes": "list the built-in recipes, or copy one to edit",
     "evaluate": "score a trained checkpoint on the valid or test split",
     "generate": "write text with a trained model (streamed as it comes)",
     "export": "write a checkpoint as a folder others load with load_pretrained",
@@ -32,6 +33,8 @@ any order. Run directories and reports are written relative to the current folde
 name public corpora under the data root ($LM_FLIPOUT_DATA, default ~/.cache/lm_flipout/data).
 
 examples:
+  {prog} recipes
+  {prog} train quickstart
   {prog} data fetch ptb
   {prog} train recipes/quickstart.yaml
   {prog} train recipes/ptb/word_cpu_wd_flipout.yaml --resume optim.lr=10

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # lm_flipout.training imports torch, which --help does not ne
 PROG = "lm-flipout train"
 
 EPILOG = """examples:
+  {prog} quickstart                       # a built-in recipe (`lm-flipout recipes` lists them)
   {prog} recipes/quickstart.yaml
   {prog} recipes/ptb/word_medium_gauss_flipout.yaml model.noise.sigma=0.5 optim.lr=20
   {prog} recipes/quickstart.yaml --resume        # continue from checkpoints/<run>/last.pt
@@ -49,7 +50,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Train an LSTM language model described by a YAML recipe.",
         epilog=EPILOG.format(prog=prog), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", help="path of the YAML recipe (see recipes/)")
+    parser.add_argument("recipe", help="path of a YAML recipe, or the name of a built-in "
+                                           "one (`lm-flipout recipes` lists them)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides of recipe values, e.g. optim.lr=20 "
                              "model.num_layers=1")
@@ -84,15 +86,20 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
                  prog: str) -> int:
     """Resolve the recipe (``overrides`` gains a sweep trial's run name) and train it."""
     from ..config import recipe_to_yaml
+    from ..config.builtin_recipes import recipe_file
     from ..sweeps import check_sweep_logging, sweep_run_name
 
-    name = sweep_run_name(args.recipe, overrides, os.environ)
+    path = str(recipe_file(args.recipe))  # a file, else a built-in recipe's name
+    name = sweep_run_name(path, overrides, os.environ)
     if name is not None:
         overrides.append(f"train.run_name={name}")
-    recipe, run_dir = recipe_with_run_name(args.recipe, overrides)
+    recipe, run_dir = recipe_with_run_name(path, overrides)
     if args.print_config:
         if ctx.is_main:
-            print(recipe_to_yaml(recipe), end="")
+            print(recipe_to_yaml(recipe).replace(
+                "model:\n  vocab_size: null\n",
+                "model:\n  vocab_size: null  # the corpus's vocabulary, set when training starts\n",
+                1), end="")
         return 0
     check_sweep_logging(recipe.wandb.mode, os.environ)
     from ..training import AlreadyFinished, Interrupted, RunWriteError, Trainer

@@ -31,8 +31,8 @@ def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
             write(handle)
     except OSError as err:
         raise DataError(
-            f"Cannot write the data cache file {path}: {err}. Set data.cache_dir to a "
-            "writable directory."
+            f"Cannot write the data cache file {path}: {err}. Set data.cache_dir (or "
+            "$LM_FLIPOUT_CACHE) to a writable directory."
         ) from None
 
 

@@ -3,10 +3,12 @@ how it is cut into batches. Every default lives here."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from lm_flipout.errors import DataError
+from lm_flipout.user_cache import cache_root
 
 _PACKAGED_BUILDERS = ("text", "parquet", "csv", "json", "arrow")
 
@@ -61,14 +63,21 @@ class DataConfig:
     sp_model_type: Literal["unigram", "bpe"] = "unigram"
     # SentencePiece vocabulary size, `<unk>` and `<eos>` included.
     sp_vocab_size: int = 8000
-    # Fraction of characters SentencePiece must cover (1.0 = all; rarer ones become `<unk>`).
+    # Fraction of characters SentencePiece must cover (1.0 = all); rarer ones are spelled in
+    # bytes (with sp_byte_fallback) or become `<unk>`.
     sp_character_coverage: float = 1.0
+    # Spell a character the pieces do not cover (one unseen in training) as its UTF-8 bytes,
+    # one piece each, instead of `<unk>`, so that every text is encoded whole and bits per
+    # character are defined on it. The 256 byte pieces count toward sp_vocab_size.
+    sp_byte_fallback: bool = True
 
     # Seed of the synthetic hidden Markov model (source=synthetic).
     synthetic_seed: int = 0
 
-    # Directory for the tokenized-corpus cache and SentencePiece models.
-    cache_dir: str = ".cache/lm_flipout"
+    # Directory for the tokenized-corpus cache, SentencePiece models and the synthetic corpus;
+    # None = `tokens/` under the toolkit's cache root ($LM_FLIPOUT_CACHE, default
+    # ~/.cache/lm_flipout, shown by `lm-flipout data stats`).
+    cache_dir: Optional[str] = None
 
     # Training batch size (global: summed over data-parallel ranks).
     batch_size: int = 20
@@ -92,6 +101,12 @@ class DataConfig:
     # Train on the first N tokens of the training split only (None = all of it), e.g. for
     # quick runs that overfit sooner; the vocabulary and the valid/test splits are unchanged.
     train_tokens: Optional[int] = None
+
+    def cache_folder(self) -> str:
+        """The folder of this corpus's cache files: data.cache_dir, else <cache root>/tokens."""
+        if self.cache_dir is None:
+            return str(cache_root() / "tokens")
+        return os.path.expanduser(self.cache_dir)
 
     def validate(self) -> None:
         """Raise DataError naming `data.<key>` for the first setting that cannot work."""
@@ -134,8 +149,10 @@ class DataConfig:
             raise DataError(
                 f"data.text_field={self.text_field!r} must name the dataset's text column."
             )
-        if not isinstance(self.cache_dir, str) or not self.cache_dir:
-            raise DataError(f"data.cache_dir={self.cache_dir!r} must be a directory path.")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str)
+                                           or not self.cache_dir):
+            raise DataError(f"data.cache_dir={self.cache_dir!r} must be a directory path, or "
+                            "null for the toolkit's cache root ($LM_FLIPOUT_CACHE).")
         self._validate_source()
 
     def _validate_source(self) -> None:

@@ -92,6 +92,7 @@ def _tokenizer_settings(cfg: DataConfig) -> dict[str, Any]:
             "sp_model_type": cfg.sp_model_type,
             "sp_vocab_size": cfg.sp_vocab_size,
             "sp_character_coverage": float(cfg.sp_character_coverage),
+            "sp_byte_fallback": bool(cfg.sp_byte_fallback),
         }
     settings: dict[str, Any] = {
         "tokenizer": cfg.tokenizer,
@@ -108,7 +109,8 @@ def cache_paths(cfg: DataConfig, raw: dict[str, RawSplit]) -> tuple[str, str, st
     settings = _tokenizer_settings(cfg)
     digests = {n: raw[n].digest for n in SPLITS}
     key = cache_key({"format": CACHE_FORMAT, "settings": settings, "splits": digests})
-    corpus_path = os.path.join(cfg.cache_dir, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
+    folder = cfg.cache_folder()
+    corpus_path = os.path.join(folder, f"corpus-{cfg.tokenizer}-{key[:24]}.pt")
     return key, corpus_path, sp_model_path(cfg, raw["train"].digest)
 
 
@@ -117,7 +119,7 @@ def sp_model_path(cfg: DataConfig, train_digest: str) -> str:
     has sha256 ``train_digest`` with ``cfg``'s settings."""
     settings = _tokenizer_settings(cfg)
     sp_key = cache_key({"format": CACHE_FORMAT, "settings": settings, "train": train_digest})
-    return os.path.join(cfg.cache_dir, f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
+    return os.path.join(cfg.cache_folder(), f"sp-{cfg.sp_model_type}-{sp_key[:24]}.model")
 
 
 def _empty_split_error(cfg: DataConfig, split: RawSplit) -> DataError:

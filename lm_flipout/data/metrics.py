@@ -42,24 +42,24 @@ def word_perplexity(total_nll: float, split: Split, n_scored: Optional[int] = No
     return math.exp(_split_nll(total_nll, split, n_scored) / split.n_words)
 
 
-def _share(part: int, whole: int) -> str:
-    return f"{100 * part / max(whole, 1):.3g}%"
+# The keys that let each tokenizer spell more of the evaluation text.
+UNK_FIX = {
+    "word": "data.vocab_size: null and data.min_freq: 1 keep every training word (an unseen "
+            "one stays <unk>)",
+    "char": "data.vocab_size: null and data.min_freq: 1 keep every training character",
+    "sentencepiece": "data.sp_byte_fallback: true spells unseen characters in bytes",
+}
 
 
 def undefined_char_metrics_note(corpus: Corpus, splits: tuple[str, ...] = ("valid", "test")
                                 ) -> Optional[str]:
-    """Why bits per character and word-level perplexity are left out for some of `splits`,
-    or None when every one of them accounts for every character."""
-    parts = [f"the {s.name} split ({s.unk_tokens:,} of its {s.n_tokens:,} tokens, "
-             f"{_share(s.unk_tokens, s.n_tokens)}, holding {_share(s.unk_chars, s.n_chars)} "
-             "of its characters)"
+    """One line: why bits per character and word-level perplexity are left out for some of
+    `splits` (their <unk> counts) and the key that changes it; None when every one of them
+    accounts for every character."""
+    parts = [f"{s.unk_tokens:,} of {s.n_tokens:,} {s.name}"
              for s in (corpus.splits[name] for name in splits) if not s.covers_text]
     if not parts:
         return None
-    return (f"Bits per character and word-level perplexity are not reported for "
-            f"{' and '.join(parts)}: the {corpus.tokenizer} tokenizer mapped those tokens to "
-            "<unk>, so the model pays for one <unk> prediction instead of every character they "
-            "hold. To report them, use a vocabulary that covers the evaluation text "
-            "(data.vocab_size: null and data.min_freq: 1 for word and char tokens, "
-            "data.sp_character_coverage: 1.0 for sentencepiece); a token never seen in the "
-            "training split still becomes <unk>.")
+    return (f"Note: {' and '.join(parts)} tokens are <unk> to the {corpus.tokenizer} tokenizer, "
+            "so bits per character and word perplexity are not reported there; "
+            f"{UNK_FIX[corpus.tokenizer]}.")

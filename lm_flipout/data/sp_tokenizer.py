@@ -3,7 +3,9 @@ sentencepiece's Python trainer, saved as `<cache_dir>/sp-<key>.model` and reused
 training text and SentencePiece settings are unchanged.
 
 Piece 0 is `<unk>` and piece 1 is `<eos>`, which ends every line (as for the other
-tokenizers); there is no BOS or padding piece.
+tokenizers); there is no BOS or padding piece. With byte fallback (`data.sp_byte_fallback`,
+the default) a character the pieces do not cover is spelled as its UTF-8 bytes, one piece
+`<0xHH>` each, so no text becomes `<unk>`.
 
 SentencePiece's trainer skips (or, when nothing is left, fails on) sentences longer than
 `MAX_SENTENCE_BYTES`. Longer lines are therefore cut at spaces into training sentences below
@@ -52,6 +54,7 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             model_type=cfg.sp_model_type,
             vocab_size=cfg.sp_vocab_size,
             character_coverage=cfg.sp_character_coverage,
+            byte_fallback=cfg.sp_byte_fallback,
             unk_id=UNK_ID,
             unk_piece=UNK,
             eos_id=EOS_ID,
@@ -63,6 +66,18 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             minloglevel=2,
         )
     except RuntimeError as err:
+        needed = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(err))
+        if needed:
+            bytes_part = (" and the 256 byte pieces of data.sp_byte_fallback: true"
+                          if cfg.sp_byte_fallback else "")
+            raise DataError(
+                f"data.sp_vocab_size={cfg.sp_vocab_size} is too small for the training split "
+                f"{origin}: SentencePiece needs {needed.group(2)} pieces for its characters, "
+                f"<unk> and <eos>{bytes_part}. Raise data.sp_vocab_size to at least "
+                f"{needed.group(2)}"
+                + (", or set data.sp_byte_fallback: false (unseen characters then become "
+                   "<unk>)." if cfg.sp_byte_fallback else ".")
+            ) from None
         limit = re.search(r"<=\s*(\d+)", str(err))
         if "Vocabulary size" in str(err) or limit:
             most = f" (at most {limit.group(1)} here)" if limit else ""

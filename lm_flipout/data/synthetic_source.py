@@ -1,5 +1,6 @@
 """``data.source=synthetic``: a corpus sampled from the hidden Markov model of
-`lm_flipout.data.hmm`, written once under ``data.cache_dir`` and then read as local files.
+`lm_flipout.data.hmm`, written once into the cache folder (``data.cache_dir``, default under
+the cache root) and then read as local files.
 
 ``meta.json`` beside the splits is written last and marks a complete corpus; it also holds
 the Bayes-optimal perplexity of each split, the floor no model can beat."""
@@ -22,7 +23,7 @@ META = "meta.json"
 
 def synthetic_dir(cfg: DataConfig) -> Path:
     """Where the corpus of ``data.synthetic_seed`` is written."""
-    return Path(cfg.cache_dir).expanduser() / f"synthetic-hmm-seed{cfg.synthetic_seed}"
+    return Path(cfg.cache_folder()) / f"synthetic-hmm-seed{cfg.synthetic_seed}"
 
 
 def ensure_synthetic_corpus(cfg: DataConfig) -> dict:

@@ -7,6 +7,7 @@ and tokens of valid/test never seen in train, become `<unk>`: `unknown_counts` c
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Iterable, Iterator, Literal, Optional
 
@@ -64,6 +65,19 @@ def encode(tokens: Iterable[str], vocab: list[str]) -> torch.Tensor:
     return torch.tensor([index.get(tok, unk) for tok in tokens], dtype=torch.long)
 
 
+BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
+
+
+def sentencepiece_text(pieces: list[str]) -> str:
+    """The text of a line's SentencePiece pieces: byte pieces (`<0xE2>`, from byte fallback)
+    joined into their UTF-8 characters, the word-start mark `\u2581` as a space."""
+    data = bytearray()
+    for piece in pieces:
+        byte = BYTE_PIECE.fullmatch(piece)
+        data += bytes([int(byte.group(1), 16)]) if byte else piece.encode("utf-8")
+    return data.decode("utf-8", errors="replace").replace("\u2581", " ").lstrip(" ")
+
+
 def decode_ids(ids: Iterable[int], vocab: list[str], tokenizer: str, char_ptb: bool = False
                ) -> str:
     """Text of token ids under ``tokenizer`` (word, char or sentencepiece): `<eos>` becomes a
@@ -76,7 +90,7 @@ def decode_ids(ids: Iterable[int], vocab: list[str], tokenizer: str, char_ptb: b
         if tokenizer == "word":
             return " ".join(pieces)
         if tokenizer == "sentencepiece":
-            return "".join(pieces).replace("\u2581", " ").lstrip(" ")
+            return sentencepiece_text(pieces)
         if char_ptb:
             return "".join(" " if p == WORD_BOUNDARY else p for p in pieces)
         return "".join(pieces)

@@ -142,6 +142,8 @@ class Trainer(CheckpointWriting):
         with self._guarded(self.run_dir):
             self.tracker = open_run_dir(self.run_dir, self.recipe, self.resumed,
                                         self.progress.metrics_bytes)
+        if self.tracker.wandb_where:
+            self.echo(self.tracker.wandb_where)
 
     def _restore_rng(self, saved: Any) -> None:
         try:

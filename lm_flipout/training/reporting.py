@@ -54,10 +54,13 @@ def report_results(tracker: Any, progress: Progress, results: dict[str, Any]) ->
 
 
 def results_line(results: dict[str, Any], path: Path) -> str:
-    """The console's last line: the final scores and where results.json is."""
+    """The console's last line: the final scores (bits per character where defined, the
+    corpus's optimum for the synthetic corpus) and where results.json is."""
     bpc = f" | test bpc {results['test_bpc']:.3f}" if "test_bpc" in results else ""
+    optimum = (f" | optimal test ppl {results['optimal_test_ppl']:.2f}"
+               if "optimal_test_ppl" in results else "")
     return (f"done | valid ppl {results['valid_ppl']:.2f} | test ppl {results['test_ppl']:.2f} "
-            f"(batch {results['test_batch_size']}){bpc} | {path}")
+            f"(batch {results['test_batch_size']}){bpc}{optimum} | {path}")
 
 
 def run_facts(progress: Progress, params: int, device: torch.device,

@@ -38,6 +38,8 @@ class AlreadyFinished(Exception):
 class NullTracker:
     """Stands in for the Tracker on ranks other than 0, which log nothing."""
 
+    wandb_where = None
+
     def log(self, metrics: dict, step: int) -> dict:
         return {}
 

@@ -1,6 +1,7 @@
 """`python -m lm_flipout.data stats` and the corpus_stats it prints."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,15 @@ def write_corpus(root: Path) -> Path:
     return root
 
 
-def test_corpus_stats(tmp_path):
+def test_corpus_stats(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_FLIPOUT_CACHE", str(tmp_path / "cache_root"))
     root = write_corpus(tmp_path / "c")
     corpus = load_corpus(DataConfig(path=str(root), cache_dir=str(tmp_path / "cache")))
     assert corpus_stats(corpus) == {
         "tokenizer": "word",
         "vocab_size": 5,
         "cache_path": corpus.cache_path,
+        "cache_root": str(tmp_path / "cache_root"),
         "splits": {
             "train": {"tokens": 6, "characters": 8, "words": 6, "unk_tokens": 0,
                       "unk_characters": 0},
@@ -59,3 +62,18 @@ def test_stats_command_end_to_end(tmp_path):
     message = " ".join(bad.stderr.split())  # one paragraph, wrapped
     assert bad.returncode == 2 and "train.txt does not exist" in message
     assert "Traceback" not in bad.stderr
+
+
+def test_tokens_and_kernels_share_one_cache_root(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"data:\n  path: {root}\n")  # no data.cache_dir: the cache root's
+    env = {**os.environ, "LM_FLIPOUT_CACHE": str(tmp_path / "cache_root"),
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "lm_flipout", "data", "stats", str(recipe)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["cache_root"] == str(tmp_path / "cache_root")
+    assert Path(stats["cache_path"]).parent == tmp_path / "cache_root" / "tokens"
+    assert not (tmp_path / ".cache").exists()  # nothing in the working folder

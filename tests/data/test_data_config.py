@@ -13,7 +13,7 @@ def test_defaults():
     assert (cfg.test_batch_size, cfg.eval_protocol) == (1, "carry")
     assert cfg.hf_splits == {"train": "train", "valid": "validation", "test": "test"}
     assert cfg.hf_splits is not DataConfig().hf_splits  # no shared mutable default
-    assert cfg.cache_dir == ".cache/lm_flipout" and cfg.bptt_mode == "stream"
+    assert cfg.cache_dir is None and cfg.bptt_mode == "stream"
     assert not cfg.variable_bptt
 
 

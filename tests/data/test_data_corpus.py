@@ -104,7 +104,8 @@ def test_sentencepiece_model_trained_cached_and_reused(tmp_path, monkeypatch):
     train = "\n".join(sentences * 20) + "\n"
     path = write_corpus(tmp_path / "c", train=train, valid="the cat ran\n", test="hello dog\n")
     cfg = cfg_for(
-        tmp_path, path=str(path), tokenizer="sentencepiece", sp_model_type="bpe", sp_vocab_size=30
+        tmp_path, path=str(path), tokenizer="sentencepiece", sp_model_type="bpe", sp_vocab_size=30,
+        sp_byte_fallback=False,
     )
     c = load_corpus(cfg)
     assert c.vocab[:2] == ["<unk>", "<eos>"] and c.vocab_size == 30

@@ -32,7 +32,7 @@ def test_a_corpus_of_only_overlong_lines_trains_and_encodes_every_line(tmp_path)
     (tmp_path / "valid.txt").write_text("the cat sat\n")
     (tmp_path / "test.txt").write_text("a dog ran\n")
     cfg = DataConfig(source="files", path=str(tmp_path), tokenizer="sentencepiece",
-                     sp_vocab_size=25, cache_dir=str(tmp_path / "cache"))
+                     sp_vocab_size=25, sp_byte_fallback=False, cache_dir=str(tmp_path / "cache"))
     corpus = load_corpus(cfg)
     eos = corpus.vocab.index("<eos>")
     assert corpus.splits["train"].tokens.tolist().count(eos) == 3  # each line whole

@@ -115,8 +115,8 @@ def test_no_bits_per_character_where_words_became_unk(tmp_path) -> None:
     for record in [results, saved, *events, *spy.sent]:
         assert not [k for k in record if k.endswith(undefined)], record
     assert "valid_ppl" in saved and "test_ppl" in saved
-    notes = [line for line in said if "Bits per character" in line]
-    assert len(notes) == 1 and "valid split" in notes[0] and "data.vocab_size" in notes[0]
+    notes = [line for line in said if "bits per character" in line]
+    assert len(notes) == 1 and " valid " in notes[0] and "data.vocab_size" in notes[0]
     assert not [line for line in said if "bpc" in line]
 
 

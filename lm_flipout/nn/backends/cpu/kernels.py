@@ -4,8 +4,8 @@ step loops (docs/benchmarks.md).
 One call per step replaces the dozen small PyTorch ops of the gates, cell and sign
 products, and the backward's gate coefficients (computed in the step instead of in
 separate passes over the whole window). The C source is compiled at first use with the
-system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder
-(``$LM_FLIPOUT_CACHE``, else ``$XDG_CACHE_HOME/lm_flipout`` or ``~/.cache/lm_flipout``),
+system's C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into `kernels/` under the
+toolkit's cache root (`lm_flipout.user_cache`: ``$LM_FLIPOUT_CACHE``, else ``~/.cache/lm_flipout``),
 keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. Where
 no compiler works the layer runs on PyTorch ops, about 7% slower at PTB-medium size, after
 one warning. Set ``LM_FLIPOUT_COMPILED_CELL=0`` to turn the kernels off (read when the
@@ -30,6 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ....user_cache import cache_root
+
 SOURCE = Path(__file__).with_name("kernels.c")
 # -fno-trapping-math lets the exp's clamps vectorize; results are IEEE as without it
 FLAGS = ["-O3", "-std=c11", "-fno-trapping-math", "-shared", "-fPIC"]
@@ -48,11 +50,8 @@ def enabled_by_environment() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$LM_FLIPOUT_CACHE``, else the user's cache."""
-    if os.environ.get("LM_FLIPOUT_CACHE"):
-        return Path(os.environ["LM_FLIPOUT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lm_flipout"
+    """Where compiled kernels are kept: `kernels/` under the toolkit's cache root."""
+    return cache_root() / "kernels"
 
 
 def _compiler() -> Optional[list[str]]:
