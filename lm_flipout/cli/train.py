@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from . import fail, parse_in_any_order, recipe_with_run_name
+from . import fail, parse_in_any_order
 
 if TYPE_CHECKING:  # lm_flipout.training imports torch, which --help does not need
     from ..training.distributed import DistContext
@@ -83,7 +83,7 @@ def resume_command(prog: str, recipe: str, overrides: list[str], ctx: DistContex
 def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContext,
                  prog: str) -> int:
     """Resolve the recipe (``overrides`` gains a sweep trial's run name) and train it."""
-    from ..config import recipe_to_yaml
+    from ..config import recipe_to_yaml, recipe_with_run_name
     from ..sweeps import check_sweep_logging, sweep_run_name
 
     name = sweep_run_name(args.recipe, overrides, os.environ)
