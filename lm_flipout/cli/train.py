@@ -24,7 +24,10 @@ EPILOG = """examples:
   {prog} recipes/quickstart.yaml --resume        # continue from checkpoints/<run>/last.pt
   {prog} recipes/quickstart.yaml --print-config  # the resolved recipe, nothing trained
 
-Options and key=value overrides may come in any order. The run directory is
+A recipe may name another as its base (base: word_cpu.yaml, relative to the recipe's folder)
+and set only what differs; sections merge key by key, other values replace, and --print-config,
+config.yaml and the checkpoints hold the resolved whole. Options and key=value overrides may
+come in any order. The run directory is
 <train.out_dir>/<train.run_name> (default checkpoints/<recipe name>, relative to the current
 folder) and holds config.yaml, last.pt, best.pt, metrics.jsonl and results.json. W&B logs
 offline by default (wandb.mode=online to sync, wandb.mode=disabled to skip). Ctrl-C or SIGTERM
