@@ -232,7 +232,12 @@ def _check_overrides(suite_path: Path, i: int, row: SuiteRun, recipe_path: str) 
     if not row.overrides:
         return
     source = f"Suite file {suite_path}, runs[{i}].overrides:"
-    parse_overrides(f"{key}=null" for key in row.overrides)  # the form of each dotted key
+    for key in row.overrides:
+        try:
+            parse_overrides([f"{key}=null"])
+        except ConfigError:
+            raise ConfigError(f"{source} {key!r} is not a dotted key such as optim.lr or "
+                              "model.noise.p (no spaces, no empty parts).") from None
     apply_overrides(read_recipe_data(recipe_path)[0], row.overrides, source=source)
 
 
@@ -241,7 +246,7 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "row"
 
 
-def row_overrides(suite: Suite, row: SuiteRun, recipe_path: str) -> list[str]:
+def row_overrides(row: SuiteRun, recipe_path: str) -> list[str]:
     """The overrides that make a row's recipe the row: its own, then its run name (a row with
     overrides runs in ``<recipe name>-<label>`` unless they name ``train.run_name``)."""
     items = row.override_items()
@@ -269,7 +274,7 @@ def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
     for row, recipe_path in zip(suite.runs, recipe_paths):
         label = str(row.label)
         # the row's own overrides first, so that the command line's win over them
-        row_items = [shared[0], *row_overrides(suite, row, recipe_path), *shared[1:]]
+        row_items = [shared[0], *row_overrides(row, recipe_path), *shared[1:]]
         try:
             recipe, run_dir = recipe_with_run_name(recipe_path, row_items)
         except ConfigError as err:

@@ -98,7 +98,7 @@ def test_a_row_may_name_its_own_run_directory(tmp_path: Path) -> None:
     ([{"label": "x", "overrides": {"model.hidden_size": "big"}}], "../recipes/base.yaml",
      r"runs\[0\]\.overrides: 'model\.hidden_size'"),
     ([{"label": "x", "overrides": {"model..p": 1}}], "../recipes/base.yaml",
-     "not of the form key=value"),
+     r"runs\[0\]\.overrides: 'model\.\.p' is not a dotted key"),
     ([{"label": "x"}], "../recipes/gone.yaml",
      r"names the base recipe '\.\./recipes/gone\.yaml', but .*gone\.yaml does not exist"),
 ])
