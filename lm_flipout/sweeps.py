@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from .config import read_yaml
+from .config import read_recipe_data
 from .errors import ConfigError
 
 
@@ -19,8 +19,7 @@ def sweep_run_name(recipe_path: str, overrides: list[str],
         return None
     if any(item.partition("=")[0].strip() == "train.run_name" for item in overrides):
         return None
-    data = read_yaml(recipe_path)
-    train = data.get("train") if isinstance(data, dict) else None
+    train = read_recipe_data(recipe_path)[0].get("train")
     if isinstance(train, dict) and train.get("run_name") is not None:
         return None
     return f"{Path(recipe_path).stem}-{environ['WANDB_RUN_ID']}"

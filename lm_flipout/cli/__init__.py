@@ -7,7 +7,6 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from ..errors import UserError
 
@@ -38,13 +37,3 @@ def parse_in_any_order(parser: argparse.ArgumentParser,
     that ``RECIPE --resume optim.lr=1`` and ``RECIPE optim.lr=1 --resume`` mean the same."""
     return parser.parse_intermixed_args(list(argv))
 
-
-def recipe_with_run_name(path: str, overrides: list[str]):
-    """Load a recipe; an unset ``train.run_name`` becomes the recipe file's stem.
-    Returns the recipe and its run directory."""
-    from ..config import load_recipe
-
-    recipe = load_recipe(path, overrides)
-    if not recipe.train.run_name:
-        recipe.train.run_name = Path(path).stem
-    return recipe, Path(recipe.train.out_dir) / recipe.train.run_name

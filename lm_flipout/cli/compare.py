@@ -24,16 +24,20 @@ EPILOG = """A suite file (recipes/suites/*.yaml) names a W&B group and lists rec
 optional row label and the paper's numbers:
 
   group: ptb_word_cpu
+  base: ../ptb/word_cpu.yaml  # optional: rows build on it; the report lists what each changes
   baseline: unregularized
   runs:
     - recipe: ../ptb/word_cpu_unregularized.yaml   # relative to the suite file
       label: unregularized
       paper: {valid_ppl: 132.23, test_ppl: 128.97}
+    - label: WD p=0.3         # no recipe: the base, with these dotted keys set
+      overrides: {model.noise: {family: dropconnect, p: 0.3}}
   seeds: [1, 2, 3]          # optional, suite-wide; a row may list its own; --seeds overrides both
 
 Each run trains in the directory `lm-flipout train` would use (<train.out_dir>/<train.run_name>,
-by default checkpoints/<recipe name>); with seeds, each (row, seed k) is its own run with
-train.seed=k in that directory + "-seed<k>", its W&B run tagged seed:<k>. A run with
+by default checkpoints/<recipe name>; for a row with overrides, <recipe name>-<label>); with
+seeds, each (row, seed k) is its own run with train.seed=k in that directory + "-seed<k>", its
+W&B run tagged seed:<k>. A row's overrides apply before those given here. A run with
 results.json is finished and skipped; one that another process is training (its run.lock) is
 skipped too, so two compare processes on one suite share its runs (on a CPU, give each a share
 of the cores: OMP_NUM_THREADS=1 for two processes on two cores); one with last.pt is resumed;

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from . import fail, parse_in_any_order, recipe_with_run_name
+from . import fail, parse_in_any_order
 
 if TYPE_CHECKING:  # lm_flipout.training imports torch, which --help does not need
     from ..training.distributed import DistContext
@@ -25,7 +25,10 @@ EPILOG = """examples:
   {prog} recipes/quickstart.yaml --resume        # continue from checkpoints/<run>/last.pt
   {prog} recipes/quickstart.yaml --print-config  # the resolved recipe, nothing trained
 
-Options and key=value overrides may come in any order. The run directory is
+A recipe may name another as its base (base: word_cpu.yaml, relative to the recipe's folder)
+and set only what differs; sections merge key by key, other values replace, and --print-config,
+config.yaml and the checkpoints hold the resolved whole. Options and key=value overrides may
+come in any order. The run directory is
 <train.out_dir>/<train.run_name> (default checkpoints/<recipe name>, relative to the current
 folder) and holds config.yaml, last.pt, best.pt, metrics.jsonl and results.json. W&B logs
 offline by default (wandb.mode=online to sync, wandb.mode=disabled to skip). Ctrl-C or SIGTERM
@@ -85,7 +88,7 @@ def resume_command(prog: str, recipe: str, overrides: list[str], ctx: DistContex
 def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContext,
                  prog: str) -> int:
     """Resolve the recipe (``overrides`` gains a sweep trial's run name) and train it."""
-    from ..config import recipe_to_yaml
+    from ..config import recipe_to_yaml, recipe_with_run_name
     from ..config.builtin_recipes import recipe_file
     from ..sweeps import check_sweep_logging, sweep_run_name
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from .yaml_io import load_recipe, read_yaml, recipe_to_yaml
+from .compose import load_recipe
+from .yaml_io import read_yaml, recipe_to_yaml
 
 NOT_RECIPES = ("suites", "sweeps")  # folders of files that are not training recipes
 SENTENCE_END = re.compile(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z])")  # not "et al. Table"

@@ -40,18 +40,20 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def apply_overrides(
-    data: Mapping[str, Any], overrides: Mapping[str, Any], schema: type = Recipe
+    data: Mapping[str, Any], overrides: Mapping[str, Any], schema: type = Recipe,
+    source: str = "command-line override",
 ) -> dict[str, Any]:
     """Return a copy of the recipe data with each dotted override set.
 
     Keys are checked against ``schema`` here, so an unknown key or a wrong-typed value is
-    reported as coming from the command line (range checks run when the recipe is built).
+    reported as coming from ``source`` (by default the command line; range checks run when the
+    recipe is built).
     A dotted key sets one entry; a mapping value merges into a section (``model.noise={p: 0.5}``)
     and replaces a dict-valued setting.
     """
     result = _deep_copy(data)
     for dotted, value in overrides.items():
-        where = f"command-line override '{dotted}'"
+        where = f"{source} '{dotted}'"
         parts = dotted.split(".")
         defaults, tp, section = [], schema, ""
         for part in parts:  # check the whole key against the schema before touching data

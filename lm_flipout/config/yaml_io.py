@@ -1,11 +1,10 @@
 """Recipe files: reading YAML (a key written twice is an error, tags are refused, and so is a
-document whose aliases expand beyond `MAX_EXPANDED_NODES`), loading a recipe with its
-overrides, and writing one back."""
+document whose aliases expand beyond `MAX_EXPANDED_NODES`) and writing a recipe back; loading
+a recipe with its bases and overrides is `lm_flipout.config.compose`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
 
@@ -13,10 +12,8 @@ import yaml
 
 from ..atomic import atomic_write
 from ..errors import ConfigError, first_line
-from .convert import from_dict, to_dict
-from .messages import show_value
-from .overrides import apply_overrides, parse_overrides
-from .schema import Recipe, is_folder_name
+from .convert import to_dict
+from .schema import Recipe
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -138,37 +135,6 @@ def node_tag(err: yaml.YAMLError) -> str:
     found = re.search(r"tag '([^']*)'", str(err))
     tag = found.group(1).replace("tag:yaml.org,2002:", "!!") if found else "used"
     return tag if len(tag) <= 60 else tag[:57] + "..."
-
-
-def load_recipe(path: Union[str, Path], overrides: Iterable[str] = ()) -> Recipe:
-    """Read a recipe file, apply ``key=value`` overrides, check everything.
-
-    ``train.run_name`` left null becomes the file's stem, so the result is fully resolved.
-    """
-    path = Path(path)
-    data = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"Recipe file {path} must hold a mapping of sections (model:, data:, optim:, "
-            f"train:, wandb:) at the top level, but it holds {show_value(data)}."
-        )
-    parsed = parse_overrides(overrides)
-    where = str(path)
-    if parsed:
-        data = apply_overrides(data, parsed)
-        where = f"{path} with command-line overrides"
-    recipe = from_dict(Recipe, data, where)
-    if recipe.train.run_name is None:
-        if not is_folder_name(path.stem):
-            raise ConfigError(
-                f"The recipe file name {path.name!r} gives the run name {path.stem!r}, which "
-                "cannot be a folder inside train.out_dir. Rename the file, or set "
-                "train.run_name=NAME."
-            )
-        recipe.train.run_name = path.stem
-    return recipe
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

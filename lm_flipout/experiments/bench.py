@@ -221,7 +221,6 @@ def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the older spelling of `lm-flipout bench`
-    from ..cli.bench import main
-
-    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.experiments.bench"))
+if __name__ == "__main__":  # the command line is the one entry point; this module calls down
+    sys.exit("`python -m lm_flipout.experiments.bench` is now `lm-flipout bench` (or "
+             "`python -m lm_flipout bench`), with the same options.")

@@ -93,7 +93,6 @@ def _train(args: list[str]) -> tuple[int, Optional[int]]:
     return status, (received[0] if received else None)
 
 
-if __name__ == "__main__":  # the older spelling of `lm-flipout compare`
-    from ..cli.compare import main
-
-    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.experiments.compare"))
+if __name__ == "__main__":  # the command line is the one entry point; this module calls down
+    sys.exit("`python -m lm_flipout.experiments.compare` is now `lm-flipout compare` (or "
+             "`python -m lm_flipout compare`), with the same arguments.")

@@ -1,9 +1,10 @@
-"""Suite files: the recipes of one comparison (one table of the paper), read and checked.
+"""Suite files: the rows of one comparison (one table of the paper), read and checked.
 
     # recipes/suites/ptb_word_medium.yaml
     group: ptb_word_medium          # W&B group of every run (set as a wandb.group override)
     description: One paragraph for the report.
     paper_source: Wen et al. 2018, Table 3     # where the paper numbers come from
+    base: ../ptb/word_medium.yaml   # optional: the recipe rows build on and are compared to
     baseline: unregularized         # optional: the row the others are compared to (default:
                                     # the first row, in reports over several seeds)
     seeds: [1, 2, 3]                # optional: train every row once per seed
@@ -12,25 +13,43 @@
         label: unregularized        # row name; default: the recipe's file name
         paper: {valid_ppl: 132.23, test_ppl: 128.97}    # optional: valid/test ppl or bpc
         seeds: [1, 2]               # optional: this row's seeds instead of the suite's
+      - label: WD + Flipout         # no recipe: the suite's base ...
+        overrides:                  # ... with these dotted keys set
+          model.noise: {family: dropconnect, p: 0.5, estimator: flipout}
 
-Without seeds a row is one run with its recipe's ``train.seed``, in the directory
-``train.py`` would use for the recipe with the same overrides (``train.out_dir``/
-``train.run_name``, by default ``checkpoints/<recipe name>``). With seeds, (row, seed k) is
-its own run: ``train.seed=k`` in ``<that directory>-seed<k>``, its W&B run tagged
-``seed:<k>``. Seeds given on the command line replace both lists.
+A row trains its own recipe, or the suite's base where it names none, with its
+``overrides`` (dotted keys, as on the command line) set on top. Without seeds a row is one
+run with its recipe's ``train.seed``, in the directory ``train.py`` would use for the recipe
+with the same overrides (``train.out_dir``/``train.run_name``, by default
+``checkpoints/<recipe name>``); a row with overrides needs a label and, unless its overrides
+name ``train.run_name``, runs in ``<recipe name>-<label as a name>``, so that it never takes
+the directory of the plain recipe. With seeds, (row, seed k) is its own run: ``train.seed=k``
+in ``<that directory>-seed<k>``, its W&B run tagged ``seed:<k>``. Seeds given on the command
+line replace both lists. Where the suite names a base, the report shows what each row
+changes relative to it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ..checks import check_range
-from ..cli import recipe_with_run_name
-from ..config import Recipe, from_dict, read_yaml
+from ..config import (
+    Recipe,
+    apply_overrides,
+    changed_settings,
+    from_dict,
+    parse_overrides,
+    read_recipe_data,
+    read_yaml,
+    recipe_to_dict,
+    recipe_with_run_name,
+)
 from ..errors import ConfigError
 from ..training import RESULTS_FILE, read_results
 
@@ -55,9 +74,11 @@ def check_seeds(seeds: Optional[list[int]], key: str) -> None:
 
 @dataclass
 class SuiteRun:
-    """One row of a suite: a recipe, its row name and the paper's numbers for it."""
+    """One row of a suite: a recipe (or the suite's base) with overrides, its row name and
+    the paper's numbers for it."""
 
-    recipe: str
+    recipe: Optional[str] = None  # default: the suite's base
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
     label: Optional[str] = None
     paper: dict[str, float] = field(default_factory=dict)
     seeds: Optional[list[int]] = None
@@ -70,6 +91,13 @@ class SuiteRun:
                 f"paper has the key(s) {', '.join(unknown)}; a paper number must be one of "
                 f"{', '.join(PAPER_METRICS)} (keys of results.json)."
             )
+        if self.overrides and not self.label:
+            raise ConfigError("a row with overrides needs a label: it names the row in the "
+                              "report and its run directory. Add label: NAME.")
+
+    def override_items(self) -> list[str]:
+        """The row's overrides as ``key=value`` items (as `lm-flipout train` takes them)."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.overrides.items()]
 
 
 @dataclass
@@ -80,6 +108,7 @@ class Suite:
     runs: list[SuiteRun]
     description: str = ""
     paper_source: str = ""
+    base: Optional[str] = None  # once loaded: the path of the base recipe file
     baseline: Optional[str] = None
     seeds: Optional[list[int]] = None
 
@@ -94,7 +123,8 @@ class Suite:
 @dataclass
 class PlannedRun:
     """One run of a suite row, resolved against the command line: the recipe to train, with
-    which overrides (the suite's and the command line's, then the seed's), and where."""
+    which overrides (the suite's, the row's and the command line's, then the seed's), and
+    where."""
 
     label: str
     recipe_path: str  # as given to train.py
@@ -103,6 +133,8 @@ class PlannedRun:
     paper: dict[str, float]
     overrides: list[str] = field(default_factory=list)
     seed: Optional[int] = None  # None: the recipe's own train.seed, the row's only run
+    changes: dict[str, Any] = field(default_factory=dict)  # the row's settings that differ
+    # from the suite's base (empty without a base)
 
     @property
     def name(self) -> str:
@@ -123,8 +155,9 @@ class PlannedRun:
 
 
 def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
-    """Read and check a suite file; returns it with the path of each run's recipe (the suite
-    file's folder joined with the listed path). A missing recipe is a ConfigError."""
+    """Read and check a suite file; returns it with the path of each row's recipe (the suite
+    file's folder joined with the row's recipe, or with the suite's base). A missing recipe,
+    or an override key the schema lacks, is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -140,10 +173,18 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"Suite file {path} must hold a mapping with the keys group and runs (and optionally "
-            "description, paper_source, baseline, seeds) at the top level."
+            "description, paper_source, base, baseline, seeds) at the top level."
         )
     suite = from_dict(Suite, data, f"suite file {path}")
-    recipe_paths = [os.path.normpath(path.parent / run.recipe) for run in suite.runs]
+    if suite.base is not None:
+        suite.base = os.path.normpath(path.parent / suite.base)
+        if not Path(suite.base).is_file():
+            raise ConfigError(
+                f"Suite file {path} names the base recipe {data['base']!r}, but {suite.base} "
+                "does not exist; recipe paths are relative to the suite file's folder. Fix the "
+                "path or remove the base: key."
+            )
+    recipe_paths = [_row_recipe(path, suite, i) for i in range(len(suite.runs))]
     missing = [i for i, recipe_path in enumerate(recipe_paths) if not Path(recipe_path).is_file()]
     if missing:
         many = len(missing) > 1
@@ -155,7 +196,8 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
             "file's folder. Fix the path, add the recipe, or remove the entry."
         )
     labels: set[str] = set()
-    for run, recipe_path in zip(suite.runs, recipe_paths):
+    for i, (run, recipe_path) in enumerate(zip(suite.runs, recipe_paths)):
+        _check_overrides(path, i, run, recipe_path)
         run.label = run.label or Path(recipe_path).stem
         if run.label in labels:
             raise ConfigError(f"Suite file {path} has two runs labelled {run.label!r}. Give each "
@@ -169,26 +211,82 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     return suite, recipe_paths
 
 
+def _row_recipe(suite_path: Path, suite: Suite, i: int) -> str:
+    """The recipe file row ``i`` trains: its own (relative to the suite file's folder), or
+    the suite's base."""
+    row = suite.runs[i]
+    if row.recipe is not None:
+        return os.path.normpath(suite_path.parent / row.recipe)
+    if suite.base is None:
+        raise ConfigError(
+            f"Suite file {suite_path}: runs[{i}] names no recipe and the suite no "
+            "base. Give the row a recipe: (a file relative to the suite), or give the suite a "
+            "base: recipe that the row's overrides apply to."
+        )
+    return suite.base
+
+
+def _check_overrides(suite_path: Path, i: int, row: SuiteRun, recipe_path: str) -> None:
+    """Check the keys and types of a row's overrides against the schema (ranges are checked
+    when the runs are planned)."""
+    if not row.overrides:
+        return
+    source = f"Suite file {suite_path}, runs[{i}].overrides:"
+    for key in row.overrides:
+        try:
+            parse_overrides([f"{key}=null"])
+        except ConfigError:
+            raise ConfigError(f"{source} {key!r} is not a dotted key such as optim.lr or "
+                              "model.noise.p (no spaces, no empty parts).") from None
+    apply_overrides(read_recipe_data(recipe_path)[0], row.overrides, source=source)
+
+
+def _slug(label: str) -> str:
+    """A row label as part of a folder name: ``WD + Flipout`` -> ``wd-flipout``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "row"
+
+
+def row_overrides(row: SuiteRun, recipe_path: str) -> list[str]:
+    """The overrides that make a row's recipe the row: its own, then its run name (a row with
+    overrides runs in ``<recipe name>-<label>`` unless they name ``train.run_name``)."""
+    items = row.override_items()
+    if row.overrides and "train.run_name" not in row.overrides:
+        name = f"{Path(recipe_path).stem}-{_slug(str(row.label))}"
+        items.append(f"train.run_name={json.dumps(name)}")
+    return items
+
+
 def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
               seeds: Optional[list[int]] = None) -> list[PlannedRun]:
-    """Load every recipe with the suite's W&B group and the command-line overrides (so a bad
-    override fails before anything trains) and find each run's directory: one run per row,
-    or one per (row, seed) where ``seeds`` (the command line's), the row or the suite list
-    seeds."""
-    base = run_overrides(suite, overrides)
+    """Load every row's recipe with the suite's W&B group, the row's and the command-line
+    overrides (so a bad override fails before anything trains) and find each run's
+    directory: one run per row, or one per (row, seed) where ``seeds`` (the command line's),
+    the row or the suite list seeds."""
+    shared = run_overrides(suite, overrides)
     if any(item.partition("=")[0].strip() == "train.seed" for item in overrides) and (
             seeds or suite.seeds or any(run.seeds for run in suite.runs)):
         raise ConfigError("The override train.seed=... conflicts with the suite's seeds: each "
                           "(row, seed) run sets train.seed itself. Choose the seeds with "
                           "--seeds 1,2,3 (or the suite's seeds: list) instead.")
+    base = None if suite.base is None else recipe_to_dict(
+        recipe_with_run_name(suite.base, shared)[0])
     runs, seen = [], {}
     for row, recipe_path in zip(suite.runs, recipe_paths):
-        recipe, run_dir = recipe_with_run_name(recipe_path, base)
+        label = str(row.label)
+        # the row's own overrides first, so that the command line's win over them
+        row_items = [shared[0], *row_overrides(row, recipe_path), *shared[1:]]
+        try:
+            recipe, run_dir = recipe_with_run_name(recipe_path, row_items)
+        except ConfigError as err:
+            raise ConfigError(f"Suite row {label!r}: {err}") from None
+        changes = {} if base is None else {
+            key: new for key, (_, new) in changed_settings(base, recipe_to_dict(recipe)).items()
+            if key != "train.run_name"}
         row_seeds = seeds or row.seeds or suite.seeds
-        planned = [PlannedRun(row.label, recipe_path, recipe, run_dir, dict(row.paper), base)]
+        planned = [PlannedRun(label, recipe_path, recipe, run_dir, dict(row.paper), row_items,
+                              changes=changes)]
         if row_seeds:
-            planned = [_seed_run(row.label, recipe_path, recipe, base, dict(row.paper), seed)
-                       for seed in row_seeds]
+            planned = [_seed_run(planned[0], seed) for seed in row_seeds]
         for run in planned:
             if run.run_dir in seen:
                 raise ConfigError(
@@ -200,15 +298,16 @@ def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
     return runs
 
 
-def _seed_run(label: str, recipe_path: str, recipe: Recipe, base: list[str],
-              paper: dict[str, float], seed: int) -> PlannedRun:
-    """The run of one seed: the row's recipe with train.seed, a run name ending in -seed<k>
-    and the W&B tag seed:<k> added to the recipe's tags."""
-    overrides = [*base, f"train.seed={seed}",
+def _seed_run(row: PlannedRun, seed: int) -> PlannedRun:
+    """The run of one seed of a row: its recipe with train.seed, a run name ending in
+    -seed<k> and the W&B tag seed:<k> added to the recipe's tags."""
+    recipe = row.recipe
+    overrides = [*row.overrides, f"train.seed={seed}",
                  f"train.run_name={json.dumps(f'{recipe.train.run_name}-seed{seed}')}",
                  f"wandb.tags={json.dumps([*recipe.wandb.tags, f'seed:{seed}'])}"]
-    seeded, run_dir = recipe_with_run_name(recipe_path, overrides)
-    return PlannedRun(label, recipe_path, seeded, run_dir, paper, overrides, seed)
+    seeded, run_dir = recipe_with_run_name(row.recipe_path, overrides)
+    return PlannedRun(row.label, row.recipe_path, seeded, run_dir, row.paper, overrides, seed,
+                      row.changes)
 
 
 def run_overrides(suite: Suite, overrides: list[str]) -> list[str]:

@@ -227,11 +227,11 @@ def test_help_describes_the_suite_format_and_options(capsys: pytest.CaptureFixtu
         assert words in out
 
 
-def test_the_older_module_entry_point_still_runs_the_command() -> None:
-    done = subprocess.run([sys.executable, "-m", "lm_flipout.experiments.compare", "--help"],
+def test_the_package_entry_point_runs_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "lm_flipout", "compare", "--help"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m lm_flipout.experiments.compare")
+    assert done.stdout.startswith("usage: python -m lm_flipout compare")
     assert "--report-only" in done.stdout
 
 

@@ -35,7 +35,7 @@ def with_seeds(suite: Path, seeds: list, row_seeds: Optional[dict] = None) -> Pa
 
 def run_compare(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lm_flipout.experiments.compare", *args,
+        [sys.executable, "-m", "lm_flipout", "compare", *args,
          "--reports-dir", str(root / "reports")],
         cwd=REPO, env=script_env(root), capture_output=True, text=True, timeout=300)
 

@@ -1,4 +1,4 @@
-"""`python -m lm_flipout.experiments.variance`: argument parsing, the command end to end on a
+"""`python -m lm_flipout variance`: argument parsing, the command end to end on a
 tiny trained checkpoint (CSV, figure, slopes.json) and its error messages."""
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def test_argument_parsing():
 
 
 def test_module_runs_as_a_command():
-    done = subprocess.run([sys.executable, "-m", "lm_flipout.experiments.variance", "--help"],
+    done = subprocess.run([sys.executable, "-m", "lm_flipout", "variance", "--help"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m lm_flipout.experiments.variance")
+    assert done.stdout.startswith("usage: python -m lm_flipout variance")
     assert "--max-independent" in done.stdout and "--wandb-mode" in done.stdout
 
 

@@ -1,6 +1,10 @@
-"""Every recipe in recipes/ loads and validates; every suite lists existing recipes that
-differ only in their regularization, with the paper's numbers written the same way in the
-suite and in the recipe's comment; the paper-sized recipes have the paper's sizes."""
+"""Every recipe in recipes/ loads and validates; every suite names the base recipe of its
+scale and lists existing recipes built on it that differ only in their regularization, with
+the paper's numbers written the same way in the suite and in the recipe's comment; the
+paper-sized recipes have the paper's sizes.
+
+A base (recipes/ptb/word_cpu.yaml, ...) is itself a full recipe: the scale's shared settings
+without a regularizer. What marks it as a base is that a suite names it as ``base:``."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 import yaml
 
 from helpers import local_ptb
-from lm_flipout.config import load_recipe, recipe_to_dict
+from lm_flipout.config import load_recipe, read_recipe_data, recipe_to_dict
 from lm_flipout.data.root import resolve_data_path
 from lm_flipout.experiments.suite import load_suite, plan_runs
 from lm_flipout.model import LanguageModel
@@ -24,6 +28,8 @@ NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps")  # suites, and W&B sweep file
 RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
                  if not any(folder in p.parents for folder in NOT_RECIPES))
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
+BASES = {(SUITES_DIR / yaml.safe_load(p.read_text(encoding="utf-8"))["base"]).resolve()
+         for p in SUITES}
 
 # What may differ between the rows of one suite: the regularizer and the run's name.
 REGULARIZATION = re.compile(
@@ -86,7 +92,7 @@ def test_a_suite_lists_every_recipe_of_its_family(path: Path) -> None:
     listed = [Path(p).resolve() for p in load_suite(path)[1]]
     prefix = os.path.commonprefix([p.stem for p in listed])
     family = {p for p in RECIPES if p.parent == listed[0].parent and p.stem.startswith(prefix)}
-    assert family - listed_by_other_suites(path) == set(listed)
+    assert family - listed_by_other_suites(path) - BASES == set(listed)
 
 
 def listed_by_other_suites(path: Path) -> set[Path]:
@@ -94,9 +100,37 @@ def listed_by_other_suites(path: Path) -> set[Path]:
     listed = set()
     for other in SUITES:
         if other != path:
-            runs = yaml.safe_load(other.read_text(encoding="utf-8"))["runs"]
-            listed |= {(other.parent / run["recipe"]).resolve() for run in runs}
+            listed |= {Path(p).resolve() for p in load_suite(other)[1]}
     return listed
+
+
+def test_every_suite_names_a_base_that_is_no_row() -> None:
+    assert len(BASES) == len(SUITES)
+    for path in SUITES:
+        suite, recipe_paths = load_suite(path)
+        assert suite.base is not None and Path(suite.base).resolve() in BASES
+        assert not BASES & {Path(p).resolve() for p in recipe_paths}
+
+
+@pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))
+def test_every_row_builds_on_its_suites_base_and_changes_only_its_regularizer(
+        path: Path) -> None:
+    suite, recipe_paths = load_suite(path)
+    for run, recipe_path in zip(plan_runs(suite, recipe_paths, []), recipe_paths):
+        chain = [p.resolve() for p in read_recipe_data(recipe_path)[1]]
+        assert Path(str(suite.base)).resolve() in chain[1:], f"{recipe_path} is not built on it"
+        changed = {key for key in run.changes if not REGULARIZATION.fullmatch(key)}
+        assert not changed, f"{recipe_path} changes {sorted(changed)} of {suite.base}"
+
+
+@pytest.mark.parametrize("path", sorted(BASES), ids=ids(sorted(BASES)))
+def test_a_base_has_no_regularizer(path: Path) -> None:
+    """A scale's base holds no weight noise; the AWD base keeps AWD-LSTM's activation
+    dropouts, which both of its rows share."""
+    model = load_recipe(path).model
+    assert model.noise.family == "none"
+    assert (model.dropout_hidden, model.dropout_cell, model.zoneout_cell,
+            model.zoneout_hidden) == (0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("path", SUITES, ids=ids(SUITES))

@@ -1,9 +1,9 @@
-"""``python -m lm_flipout.experiments.variance``: the older spelling of
-``lm-flipout variance`` (`lm_flipout.cli.variance`)."""
+"""``python -m lm_flipout.experiments.variance`` points to the command, ``lm-flipout variance``
+(`lm_flipout.cli.variance`): the command line is the one entry point, and nothing under
+`lm_flipout.experiments` imports it."""
 
 import sys
 
-from ...cli.variance import main
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.experiments.variance"))
+    sys.exit("`python -m lm_flipout.experiments.variance` is now `lm-flipout variance` (or "
+             "`python -m lm_flipout variance`), with the same arguments.")
