@@ -56,8 +56,8 @@ def test_tied_weights_share_the_embedding_and_resize_the_last_layer():
 
 def test_forget_bias_and_orthogonal_init():
     model = LanguageModel(small_config(forget_bias=1.0, orthogonal_init=True))
-    for layer in model.lstm.layers:
-        size = layer.hidden_size
+    for index, size in enumerate(model.lstm.sizes):
+        layer = model.lstm.layer_weights(index)
         torch.testing.assert_close(layer.bias[size : 2 * size], torch.ones(size))
         for block in layer.weight_hh.detach().split(size, dim=0):
             torch.testing.assert_close(block @ block.T, torch.eye(size), atol=1e-5, rtol=0)
@@ -100,7 +100,7 @@ def test_onehot_input_is_an_explicit_one_hot_matmul_with_no_embedding_matrix():
     assert not any(name.startswith("embedding") for name, _ in model.named_parameters())
     tokens = torch.randint(0, 15, (6, 3))  # tokens 15..29 never appear
     logits, _ = model(tokens)
-    layer = model.lstm.layers[0]
+    layer = model.lstm.layer_weights(0)
     explicit = torch.eye(30)[tokens]  # (T, B, V) one-hot vectors, built independently
     input_terms = explicit @ layer.weight_ih.T + layer.bias
     h = c = torch.zeros(3, 12)
@@ -112,8 +112,8 @@ def test_onehot_input_is_an_explicit_one_hot_matmul_with_no_embedding_matrix():
         outputs.append(h)
     torch.testing.assert_close(logits, model.decoder(torch.stack(outputs)), atol=1e-5, rtol=0)
     logits.sum().backward()
-    assert layer.fused.weight_ih_l0.grad[:, 15:].abs().max() == 0
-    assert layer.fused.weight_ih_l0.grad[:, tokens.unique()].abs().min(dim=0).values.gt(0).all()
+    assert model.lstm.weight_ih_l0.grad[:, 15:].abs().max() == 0
+    assert model.lstm.weight_ih_l0.grad[:, tokens.unique()].abs().min(dim=0).values.gt(0).all()
 
 
 @pytest.mark.parametrize("key, value", [("tie_weights", True), ("dropout_embedding", 0.1)])
