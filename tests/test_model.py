@@ -1,10 +1,12 @@
 """LanguageModel wiring: NLL against logits, tying, state carrying, init options."""
 
 import math
+import re
 
 import pytest
 import torch
 
+from helpers import REPO
 from lm_flipout.errors import ConfigError
 from lm_flipout.model import LanguageModel, ModelConfig, NoiseConfig
 
@@ -130,3 +132,19 @@ def test_cell_regularizer_rates_are_checked_and_reach_every_layer(key):
     for layer in model.lstm.layers:
         assert getattr(layer.cell_masks, key.replace("dropout_cell", "cell_dropout")) == 0.3
         assert layer.cell_masks.per_step is False
+
+
+def test_a_state_dict_with_the_earlier_per_layer_names_loads_and_gives_its_logits():
+    """Written by the stack that kept each layer's weights in a one-layer torch.nn.LSTM
+    (``lstm.layers.{k}.fused.weight_ih_l0``): its keys load as ``lstm.weight_ih_l{k}``, in
+    the same parameter order (which an optimizer's state follows), giving the same logits."""
+    saved = torch.load(REPO / "tests" / "assets" / "lm_state_earlier_names.pt",
+                       weights_only=True)
+    model = LanguageModel(ModelConfig(vocab_size=20, embedding_size=6, hidden_size=8,
+                                      num_layers=2, tie_weights=True)).eval()
+    model.load_state_dict(saved["model"])
+    renamed = [re.sub(r"layers\.(\d)\.fused\.(\w+)_l0", r"\2_l\1", key) for key in saved["model"]]
+    assert renamed == list(model.state_dict())
+    assert "lstm.weight_hh_l1" in renamed
+    logits, _ = model(saved["tokens"])
+    torch.testing.assert_close(logits, saved["logits"], atol=1e-6, rtol=0)
