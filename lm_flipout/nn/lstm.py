@@ -328,6 +328,17 @@ class LSTM(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do: kept so that code written for ``torch.nn.LSTM`` runs unchanged (the
+        weights stay separate tensors, as the noise is drawn per matrix)."""
+
+    def extra_repr(self) -> str:
+        defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                        bidirectional=False)
+        changed = [f"{key}={getattr(self, key)}" for key, default in defaults.items()
+                   if getattr(self, key) != default]
+        return ", ".join([f"{self.input_size}, {self.hidden_size}", *changed])
+
     def layer_weights(self, index: int) -> LayerWeights:
         """The parameters of ``layers[index]`` (layer * num_directions + direction)."""
         return LayerWeights(*(getattr(self, name) for name in self._weight_names[index]))

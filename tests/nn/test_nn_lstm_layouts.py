@@ -185,6 +185,8 @@ def test_state_dict_names_and_loading_both_ways(bidirectional, bias):
     assert_same(ours.eval()(x), back(x))
     assert (ours.input_size, ours.hidden_size, ours.num_layers, ours.bias, ours.batch_first,
             ours.bidirectional, ours.proj_size) == (I, H, 2, bias, False, bidirectional, 0)
+    ours.flatten_parameters()  # code written for torch.nn.LSTM calls it
+    assert repr(ref)[len("LSTM("):-1] in repr(ours)  # the same arguments shown
 
 
 def test_torch_dropout_argument_drops_between_layers_in_training_only():
