@@ -1,10 +1,12 @@
 """LanguageModel wiring: NLL against logits, tying, state carrying, init options."""
 
 import math
+import re
 
 import pytest
 import torch
 
+from helpers import REPO
 from lm_flipout.errors import ConfigError
 from lm_flipout.model import LanguageModel, ModelConfig, NoiseConfig
 
@@ -56,8 +58,8 @@ def test_tied_weights_share_the_embedding_and_resize_the_last_layer():
 
 def test_forget_bias_and_orthogonal_init():
     model = LanguageModel(small_config(forget_bias=1.0, orthogonal_init=True))
-    for layer in model.lstm.layers:
-        size = layer.hidden_size
+    for index, size in enumerate(model.lstm.sizes):
+        layer = model.lstm.layer_weights(index)
         torch.testing.assert_close(layer.bias[size : 2 * size], torch.ones(size))
         for block in layer.weight_hh.detach().split(size, dim=0):
             torch.testing.assert_close(block @ block.T, torch.eye(size), atol=1e-5, rtol=0)
@@ -100,7 +102,7 @@ def test_onehot_input_is_an_explicit_one_hot_matmul_with_no_embedding_matrix():
     assert not any(name.startswith("embedding") for name, _ in model.named_parameters())
     tokens = torch.randint(0, 15, (6, 3))  # tokens 15..29 never appear
     logits, _ = model(tokens)
-    layer = model.lstm.layers[0]
+    layer = model.lstm.layer_weights(0)
     explicit = torch.eye(30)[tokens]  # (T, B, V) one-hot vectors, built independently
     input_terms = explicit @ layer.weight_ih.T + layer.bias
     h = c = torch.zeros(3, 12)
@@ -112,8 +114,8 @@ def test_onehot_input_is_an_explicit_one_hot_matmul_with_no_embedding_matrix():
         outputs.append(h)
     torch.testing.assert_close(logits, model.decoder(torch.stack(outputs)), atol=1e-5, rtol=0)
     logits.sum().backward()
-    assert layer.fused.weight_ih_l0.grad[:, 15:].abs().max() == 0
-    assert layer.fused.weight_ih_l0.grad[:, tokens.unique()].abs().min(dim=0).values.gt(0).all()
+    assert model.lstm.weight_ih_l0.grad[:, 15:].abs().max() == 0
+    assert model.lstm.weight_ih_l0.grad[:, tokens.unique()].abs().min(dim=0).values.gt(0).all()
 
 
 @pytest.mark.parametrize("key, value", [("tie_weights", True), ("dropout_embedding", 0.1)])
@@ -130,3 +132,19 @@ def test_cell_regularizer_rates_are_checked_and_reach_every_layer(key):
     for layer in model.lstm.layers:
         assert getattr(layer.cell_masks, key.replace("dropout_cell", "cell_dropout")) == 0.3
         assert layer.cell_masks.per_step is False
+
+
+def test_a_state_dict_with_the_earlier_per_layer_names_loads_and_gives_its_logits():
+    """Written by the stack that kept each layer's weights in a one-layer torch.nn.LSTM
+    (``lstm.layers.{k}.fused.weight_ih_l0``): its keys load as ``lstm.weight_ih_l{k}``, in
+    the same parameter order (which an optimizer's state follows), giving the same logits."""
+    saved = torch.load(REPO / "tests" / "assets" / "lm_state_earlier_names.pt",
+                       weights_only=True)
+    model = LanguageModel(ModelConfig(vocab_size=20, embedding_size=6, hidden_size=8,
+                                      num_layers=2, tie_weights=True)).eval()
+    model.load_state_dict(saved["model"])
+    renamed = [re.sub(r"layers\.(\d)\.fused\.(\w+)_l0", r"\2_l\1", key) for key in saved["model"]]
+    assert renamed == list(model.state_dict())
+    assert "lstm.weight_hh_l1" in renamed
+    logits, _ = model(saved["tokens"])
+    torch.testing.assert_close(logits, saved["logits"], atol=1e-6, rtol=0)

@@ -7,6 +7,7 @@ import argparse
 import json
 import platform
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,6 +32,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--independent-limit-gib", type=float, default=1.0,
                         help="skip the independent estimator where its weights exceed this")
+    parser.add_argument("--batch-first", action="store_true",
+                        help="time the stacks on (batch, time, features) input")
+    parser.add_argument("--bidirectional", action="store_true",
+                        help="time bidirectional stacks")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     return parser
 
@@ -52,15 +57,18 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     args = parse_args(argv, prog)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    layout = bench.StackLayout(args.batch_first, args.bidirectional)
     results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
                "machine": platform.processor() or platform.machine(),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               "command": " ".join([prog, *argv]), "shapes": {}}
+               "command": " ".join([prog, *argv]), "layout": asdict(layout), "shapes": {}}
     for name in args.shapes.split(","):
         rows = bench.measure_shape(SHAPES[name], device, args.warmup, args.repeats,
-                                   args.independent_limit_gib)
+                                   args.independent_limit_gib, layout)
         results["shapes"][name] = rows
-        print(bench.format_table(name, rows, device), "\n", flush=True)
+        print(bench.format_table(name, rows, device, layout), "\n", flush=True)
+        if not layout.default:  # the products' floor does not depend on the layout
+            continue
         products = bench.measure_products(SHAPES[name], device, args.warmup, args.repeats)
         results.setdefault("products", {})[name] = products
         print(bench.format_products(products), "\n", flush=True)

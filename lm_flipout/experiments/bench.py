@@ -1,6 +1,7 @@
 """Speed and memory of the perturbed LSTM against ``torch.nn.LSTM``.
 
     lm-flipout bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
+                     [--batch-first] [--bidirectional]
 
 For each shape and variant it times forward+backward of the LSTM stack alone and a full
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
@@ -9,6 +10,10 @@ on a shared machine hits them alike; every figure is also given as a ratio to
 ``torch.nn.LSTM``: the median over repeats of the ratio within one repeat. Memory: on CUDA
 the peak allocated during a training step; on CPU (which has no allocator statistics) the
 bytes of tensors saved for backward, i.e. the activation memory of the step.
+
+``--batch-first`` and ``--bidirectional`` time the stacks in that layout, each variant against
+``torch.nn.LSTM`` with the same flags; a language model has no such layout, so these runs
+time the stack alone and give the memory of its forward+backward.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import LanguageModel, ModelConfig, NoiseConfig
-from ..nn import CpuBackend
+from ..nn import LSTM, CpuBackend
 from ..nn.backends.cpu.products import (
     input_product,
     onednn_weight,
@@ -40,6 +45,18 @@ class Shape:
     batch: int
     steps: int
     vocab: int
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """The layout the stacks are timed in (the default: time-first, one direction)."""
+
+    batch_first: bool = False
+    bidirectional: bool = False
+
+    @property
+    def default(self) -> bool:
+        return not (self.batch_first or self.bidirectional)
 
 
 SHAPES = {
@@ -62,15 +79,29 @@ VARIANTS: dict[str, Optional[dict]] = {
 }
 
 
-def independent_fits(shape: Shape, device: torch.device, limit_gib: float) -> bool:
+def independent_fits(shape: Shape, device: torch.device, limit_gib: float,
+                     directions: int = 1) -> bool:
     """Per-sequence weights (plus their gradients) for every layer under ``limit_gib``."""
-    floats = 3 * shape.layers * shape.batch * 4 * shape.hidden * shape.hidden
+    floats = 3 * directions * shape.layers * shape.batch * 4 * shape.hidden * shape.hidden
     return floats * 4 / 2**30 <= limit_gib
 
 
-def build_stack(settings: Optional[dict], shape: Shape) -> nn.Module:
-    """The variant's LSTM stack alone, as its language model has it."""
-    return build_language_model(settings, shape).lstm
+def build_stack(settings: Optional[dict], shape: Shape,
+                layout: StackLayout = StackLayout()) -> nn.Module:
+    """The variant's LSTM stack alone, as its language model has it, in ``layout``."""
+    stack = build_language_model(settings, shape).lstm
+    if layout.default:
+        return stack
+    flags = dict(batch_first=layout.batch_first, bidirectional=layout.bidirectional)
+    if settings is None:
+        return nn.LSTM(shape.hidden, shape.hidden, shape.layers, **flags)
+    first = stack.layers[0]  # the regularizers its language model gave every layer
+    masks = first.cell_masks
+    return LSTM(shape.hidden, shape.hidden, shape.layers, **flags,
+                recurrent_noise=first.recurrent_noise, input_noise=first.input_noise,
+                hidden_dropout=first.hidden_dropout.p, cell_dropout=masks.cell_dropout,
+                cell_dropout_per_step=masks.per_step, zoneout_cell=masks.zoneout_cell,
+                zoneout_hidden=masks.zoneout_hidden)
 
 
 def build_language_model(settings: Optional[dict], shape: Shape) -> LanguageModel:
@@ -84,18 +115,23 @@ def build_language_model(settings: Optional[dict], shape: Shape) -> LanguageMode
 
 
 def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
-                  independent_limit_gib: float) -> list[dict]:
-    """Time and memory of every variant on one shape."""
+                  independent_limit_gib: float,
+                  layout: StackLayout = StackLayout()) -> list[dict]:
+    """Time and memory of every variant on one shape; outside the default layout, of the
+    stack alone (the language-model step figures are None)."""
     torch.manual_seed(0)
+    directions = 2 if layout.bidirectional else 1
     variants = {name: settings for name, settings in VARIANTS.items()
                 if "independent" not in name
-                or independent_fits(shape, device, independent_limit_gib)}
+                or independent_fits(shape, device, independent_limit_gib, directions)}
     x = torch.randn(shape.steps, shape.batch, shape.hidden, device=device)
+    if layout.batch_first:
+        x = x.transpose(0, 1).contiguous()
     tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
-    stacks = {name: build_stack(settings, shape).to(device).train()
+    stacks = {name: build_stack(settings, shape, layout).to(device).train()
               for name, settings in variants.items()}
-    models = {name: build_language_model(settings, shape).to(device).train()
-              for name, settings in variants.items()}
+    models = ({name: build_language_model(settings, shape).to(device).train()
+               for name, settings in variants.items()} if layout.default else {})
     optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1)
                   for name, model in models.items()}
 
@@ -116,6 +152,13 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
         return run
 
     stack_times = interleaved_times({n: stack_task(n) for n in variants}, device, warmup, repeats)
+    if not layout.default:
+        memory = {name: step_memory(stack_task(name), device) for name in variants}
+        return [{"variant": name, "stack_ms": 1000 * stack_times.median(name),
+                 "stack_ratio": stack_times.ratio(name), "step_ms": None, "step_ratio": None,
+                 "memory_mib": memory[name] / 2**20,
+                 "memory_ratio": memory[name] / memory["ours, no noise"]}
+                for name in variants]
     step_times = interleaved_times({n: step_task(n) for n in variants}, device, warmup, repeats)
     memory = {name: step_memory(step_task(name), device) for name in variants}
     rows = []
@@ -204,19 +247,24 @@ def format_products(result: dict) -> str:
     return "\n".join(lines)
 
 
-def format_table(shape_name: str, rows: list[dict], device: torch.device) -> str:
+def format_table(shape_name: str, rows: list[dict], device: torch.device,
+                 layout: StackLayout = StackLayout()) -> str:
     memory_label = "peak MiB" if device.type == "cuda" else "saved MiB"
+    flags = [name for name in ("batch_first", "bidirectional") if getattr(layout, name)]
     lines = [
-        f"### {shape_name}: {SHAPES[shape_name]}",
+        f"### {shape_name}: {SHAPES[shape_name]}"
+        + (f", {' + '.join(flags)} (stack alone)" if flags else ""),
         "",
         "| variant | stack fwd+bwd ms | x nn.LSTM | LM step ms | x nn.LSTM "
         f"| {memory_label} | x no noise |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        step = ("— | —" if r["step_ms"] is None
+                else f"{r['step_ms']:.1f} | {r['step_ratio']:.2f}")
         lines.append(
-            f"| {r['variant']} | {r['stack_ms']:.1f} | {r['stack_ratio']:.2f} | {r['step_ms']:.1f} "
-            f"| {r['step_ratio']:.2f} | {r['memory_mib']:.1f} | {r['memory_ratio']:.2f} |"
+            f"| {r['variant']} | {r['stack_ms']:.1f} | {r['stack_ratio']:.2f} | {step} "
+            f"| {r['memory_mib']:.1f} | {r['memory_ratio']:.2f} |"
         )
     return "\n".join(lines)
 

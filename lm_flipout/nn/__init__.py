@@ -10,7 +10,15 @@ from .dropout import (
     set_mc_sampling,
 )
 from .functional import lstm_layer
-from .lstm import LSTM, LayerSamples, LSTMLayer, State, detach_state, perturbed_linear
+from .lstm import (
+    LSTM,
+    LayerSamples,
+    LayerWeights,
+    LSTMLayer,
+    State,
+    detach_state,
+    perturbed_linear,
+)
 from .noise import NoiseSample, WeightNoise
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "LSTM",
     "LSTMLayer",
     "LayerSamples",
+    "LayerWeights",
     "LockedDropout",
     "NaiveDropout",
     "NoiseSample",

@@ -28,3 +28,38 @@ def test_ratio_pairs_each_repeat_with_its_own_baseline():
     assert timings.median("variant") == 4.5
     assert timings.ratio("shifted") == 1.5
     assert timings.median("shifted") / timings.median(BASELINE) == 0.5
+
+
+def test_layout_options_time_stacks_built_in_that_layout():
+    """--batch-first / --bidirectional: every variant's stack (and torch.nn.LSTM's) takes the
+    layout, keeps its regularizer, and the run reports the stack alone."""
+    from torch import nn
+
+    from lm_flipout.experiments.bench import (
+        VARIANTS,
+        Shape,
+        StackLayout,
+        build_stack,
+        format_table,
+        measure_shape,
+    )
+    from lm_flipout.nn import LSTM
+
+    shape, layout = Shape(2, 8, 3, 4, 20), StackLayout(batch_first=True, bidirectional=True)
+    for settings in VARIANTS.values():
+        stack = build_stack(settings, shape, layout)
+        assert isinstance(stack, nn.LSTM if settings is None else LSTM)
+        assert stack.batch_first and stack.bidirectional
+        y, _ = stack(torch.randn(3, 4, 8))
+        assert tuple(y.shape) == (3, 4, 16)
+    flipout = build_stack(VARIANTS["gaussian flipout"], shape, layout)
+    assert all(layer.recurrent_noise.estimator == "flipout" for layer in flipout.layers)
+    zoneout = build_stack(VARIANTS["zoneout 0.5 / 0.05"], shape, layout)
+    assert zoneout.layers[3].cell_masks.zoneout_cell == 0.5
+    rows = measure_shape(shape, torch.device("cpu"), warmup=0, repeats=1,
+                         independent_limit_gib=1.0, layout=layout)
+    assert [row["variant"] for row in rows] == list(VARIANTS)
+    assert all(row["step_ms"] is None and row["stack_ms"] > 0 for row in rows)
+    assert "batch_first + bidirectional (stack alone)" in format_table("char", rows,
+                                                                        torch.device("cpu"),
+                                                                        layout)

@@ -130,7 +130,7 @@ def test_layer_in_training_matches_loop_with_its_masks_and_weights(family, estim
     spy = MaskSpy(lstm)
     x = torch.randn(T, B, I, requires_grad=True)
     y, (h, c) = lstm(x)
-    layer, masks = lstm.layers[0], spy.cell[0]
+    layer, masks = lstm.layer_weights(0), spy.cell[0]
     assert [m.shape for m in masks] == [(T, B, H)] * 3
     sample = lstm.last_samples[0].recurrent
     weights = layer.weight_hh
@@ -142,13 +142,13 @@ def test_layer_in_training_matches_loop_with_its_masks_and_weights(family, estim
     zeros = torch.zeros(B, H)
     expected = masked_loop(x, layer.weight_ih, layer.bias, zeros, zeros, weights,
                            spy.hidden[0], *masks)
-    leaves = [x, layer.fused.weight_ih_l0, layer.fused.weight_hh_l0, layer.fused.bias_ih_l0]
+    leaves = [x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0]
     assert_same_outputs_and_gradients((y, h[0], c[0]), expected, leaves, 1e-5)
 
 
-def copied_torch_lstm(layer) -> nn.LSTM:
-    plain = nn.LSTM(layer.input_size, layer.hidden_size)
-    plain.load_state_dict(layer.fused.state_dict())
+def copied_torch_lstm(lstm) -> nn.LSTM:
+    plain = nn.LSTM(lstm.input_size, lstm.hidden_size)
+    plain.load_state_dict(lstm.state_dict())
     return plain
 
 
@@ -162,16 +162,16 @@ def test_eval_zoneout_is_its_expectation_and_cell_dropout_the_plain_cell(backend
     x = torch.randn(T, B, I, requires_grad=True)
     h0, c0 = torch.randn(1, B, H), torch.randn(1, B, H)
     y, (h, c) = lstm(x, (h0, c0))
-    layer = lstm.layers[0]
+    layer = lstm.layer_weights(0)
     expected = masked_loop(x, layer.weight_ih, layer.bias, h0[0], c0[0], layer.weight_hh, 1,
                            torch.ones(T, 1, 1), torch.full((T, 1, 1), 0.5),
                            torch.full((T, 1, 1), 0.05))
-    leaves = [x, layer.fused.weight_ih_l0, layer.fused.weight_hh_l0, layer.fused.bias_hh_l0]
+    leaves = [x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_hh_l0]
     assert_same_outputs_and_gradients((y, h[0], c[0]), expected, leaves, 1e-5)
 
     dropout_only = LSTM(I, H, cell_dropout=0.25, backend=backend).eval()
     y, _ = dropout_only(x)
-    torch.testing.assert_close(y, copied_torch_lstm(dropout_only.layers[0])(x)[0],
+    torch.testing.assert_close(y, copied_torch_lstm(dropout_only)(x)[0],
                                atol=1e-5, rtol=0)
 
 

@@ -56,7 +56,7 @@ def test_hidden_state_dropout_matches_masked_recurrence_reference():
     y, _ = lstm(x)
     torch.manual_seed(10)
     mask = layer.hidden_dropout.mask(2, 5, x)
-    w_ih, w_hh, bias = layer.weight_ih, layer.weight_hh, layer.bias
+    w_ih, w_hh, bias = lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.layer_weights(0).bias
     h = c = torch.zeros(2, 5)
     for t in range(4):
         gates = x[t] @ w_ih.T + (h * mask) @ w_hh.T + bias
@@ -71,7 +71,7 @@ def test_dropconnect_shared_drops_entries_at_rate_p_with_rescaling():
     lstm = LSTM(8, 32, recurrent_noise=WeightNoise("dropconnect", p=0.3, estimator="shared"))
     lstm.train()(torch.randn(2, 3, 8))
     sample = lstm.last_samples[0].recurrent
-    mean = lstm.layers[0].weight_hh.detach()
+    mean = lstm.weight_hh_l0.detach()
     perturbed = mean + sample.delta(mean)
     kept = perturbed != 0
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.03

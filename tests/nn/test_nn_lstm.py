@@ -20,8 +20,10 @@ def reference_lstm(weights: dict, x: torch.Tensor, state=None):
     return ref(x, state)
 
 
-def layer_weights(layer) -> dict:
-    return {name: p.detach().clone() for name, p in layer.fused.named_parameters()}
+def layer_weights(lstm, layer: int = 0) -> dict:
+    """Layer ``layer``'s parameters under the names a one-layer torch.nn.LSTM gives them."""
+    return {name.replace(f"_l{layer}", "_l0"): p.detach().clone()
+            for name, p in lstm.named_parameters() if name.endswith(f"_l{layer}")}
 
 
 @pytest.mark.parametrize("backend", [None, "reference", "cpu"],
@@ -30,10 +32,7 @@ def test_no_noise_matches_torch_lstm_outputs_and_gradients(backend):
     torch.manual_seed(0)
     ours = LSTM(I, H, num_layers=3, backend=backend)
     ref = nn.LSTM(I, H, num_layers=3)
-    with torch.no_grad():
-        for index, layer in enumerate(ours.layers):
-            for name, p in layer.fused.named_parameters():
-                getattr(ref, name.replace("l0", f"l{index}")).copy_(p)
+    ref.load_state_dict(ours.state_dict())
     x1, x2 = torch.randn(T, B, I), torch.randn(T, B, I)
     y1, state = ours(x1)
     y2, (h, c) = ours(x2, state)  # state carried into a second window
@@ -44,15 +43,13 @@ def test_no_noise_matches_torch_lstm_outputs_and_gradients(backend):
     weights = torch.randn_like(y2)
     ((y1.sum() + (y2 * weights).sum() + h.sum() + c.square().sum())).backward()
     ((r1.sum() + (r2 * weights).sum() + rh.sum() + rc.square().sum())).backward()
-    for index, layer in enumerate(ours.layers):
-        for name, p in layer.fused.named_parameters():
-            ref_grad = getattr(ref, name.replace("l0", f"l{index}")).grad
-            torch.testing.assert_close(p.grad, ref_grad, atol=1e-5, rtol=0)
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, getattr(ref, name).grad, atol=1e-5, rtol=0)
 
 
-def per_sequence_reference(layer, sample, x, estimator):
+def per_sequence_reference(lstm, sample, x, estimator, layer: int = 0, state=None):
     """Run each sequence n through a plain LSTM with its own W_n (paper eq. 4)."""
-    weights = layer_weights(layer)
+    weights = layer_weights(lstm, layer)
     mean = weights["weight_hh_l0"]
     outputs = []
     for n in range(x.shape[1]):
@@ -78,7 +75,7 @@ def test_perturbed_outputs_match_per_sequence_weights(family, estimator, backend
     x = torch.randn(T, B, I)
     y, _ = lstm(x)
     sample = lstm.last_samples[0].recurrent
-    expected = per_sequence_reference(lstm.layers[0], sample, x, estimator)
+    expected = per_sequence_reference(lstm, sample, x, estimator)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
 
 
@@ -89,7 +86,7 @@ def test_input_noise_flipout_matches_per_sequence_input_weights():
     y, _ = lstm(x)
     sample = lstm.last_samples[0].input
     assert lstm.last_samples[0].recurrent is None
-    weights = layer_weights(lstm.layers[0])
+    weights = layer_weights(lstm)
     mean = weights["weight_ih_l0"]
     for n in range(B):
         w_n = mean + mean * sample.unit * torch.outer(sample.out_signs[n], sample.in_signs[n])
@@ -131,7 +128,7 @@ def test_flipout_signs_held_over_time_fresh_across_calls_and_sequences():
     assert len({tuple(row.tolist()) for row in first.in_signs}) > batch // 2
     # held over time: a per-step resampled estimator would not match the fixed-W_n reference
     y, _ = lstm(x[:3], samples=[lstm.last_samples[0]])
-    expected = per_sequence_reference(lstm.layers[0], second, x[:3], "flipout")
+    expected = per_sequence_reference(lstm, second, x[:3], "flipout")
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
 
 
@@ -148,7 +145,7 @@ def test_identical_sequences_shared_vs_flipout_and_eval_mean_weights():
     y1, _ = flip(x)
     y2, _ = flip(x)
     torch.testing.assert_close(y1, y2, atol=0, rtol=0)
-    mean_y, _ = reference_lstm(layer_weights(flip.layers[0]), x)
+    mean_y, _ = reference_lstm(layer_weights(flip), x)
     torch.testing.assert_close(y1, mean_y, atol=1e-5, rtol=0)
 
 
@@ -200,7 +197,7 @@ def recurrent_grad_variance(estimator: str, draws: int = 300) -> float:
     grads = []
     for _ in range(draws):
         y, _ = lstm(x)
-        (grad,) = torch.autograd.grad((y[-1] @ readout).mean(), lstm.layers[0].weight_hh)
+        (grad,) = torch.autograd.grad((y[-1] @ readout).mean(), lstm.weight_hh_l0)
         grads.append(grad)
     return torch.stack(grads).var(dim=0).mean().item()
 
@@ -213,13 +210,23 @@ def test_flipout_gradient_variance_far_below_shared_and_near_independent():
     assert independent / 2 <= flipout <= independent * 2, (flipout, independent)
 
 
-def test_bad_lstm_arguments_and_input_rank():
+def test_bad_lstm_arguments_inputs_and_states_get_clear_errors():
     with pytest.raises(ValueError, match="hidden_size"):
         LSTM(I, 0)
     with pytest.raises(ValueError, match="recurrent_noise"):
         LSTM(I, H, recurrent_noise="flipout")
+    with pytest.raises(ValueError, match="proj_size=3 is not supported"):
+        LSTM(I, H, proj_size=3)
+    with pytest.raises(ValueError, match="give one of them"):
+        LSTM(I, H, num_layers=2, dropout=0.2, between_dropout=0.2)
     lstm = LSTM(I, H)
-    with pytest.raises(ValueError, match="input x"):
-        lstm(torch.randn(B, I))
-    with pytest.raises(ValueError, match="state"):
-        lstm(torch.randn(T, B, I), (torch.zeros(1, B + 1, H), torch.zeros(1, B + 1, H)))
+    with pytest.raises(ValueError, match="input x must have shape"):
+        lstm(torch.randn(1, T, B, I))
+    with pytest.raises(ValueError, match=f"{I} features"):
+        lstm(torch.randn(T, B, I + 1))
+    with pytest.raises(ValueError, match=rf"state .* shape \(1, {B + 1}, {H}\)"):
+        lstm(torch.randn(T, B + 1, I), (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+    with pytest.raises(ValueError, match=rf"shape \(1, {H}\)"):  # unbatched input
+        lstm(torch.randn(T, I), (torch.zeros(1, B, H), torch.zeros(1, B, H)))
+    with pytest.raises(ValueError, match="one LayerSamples per layer"):
+        LSTM(I, H, bidirectional=True)(torch.randn(T, B, I), samples=[None])

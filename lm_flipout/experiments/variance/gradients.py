@@ -65,7 +65,7 @@ def load_frozen_model(path: str) -> tuple[LanguageModel, Tensor, dict[str, Any]]
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    model.lstm.layers[0].weight_hh.requires_grad_(True)
+    model.lstm.weight_hh_l0.requires_grad_(True)
     cut = state["config"].get("data", {}).get("train_tokens")  # the text it was trained on
     return model, corpus.splits["train"].tokens[:cut], state["config"]
 
@@ -89,7 +89,7 @@ def lm_chunk_gradient(model: LanguageModel, windows: Tensor) -> ChunkGradient:
     has logit gradient softmax − one-hot, which goes back to the LSTM output through the
     decoder matrix; no log-softmax graph is kept.
     """
-    weight = model.lstm.layers[0].weight_hh
+    weight = model.lstm.weight_hh_l0
     clean = [LayerSamples() for _ in model.lstm.layers[1:]]
 
     def lstm_output(inputs: Tensor, sample: NoiseSample) -> Tensor:

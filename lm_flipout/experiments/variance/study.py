@@ -41,8 +41,8 @@ def run_variance(
     batch size and gate block of layer 1's W_h."""
     from tqdm import tqdm
 
-    weight = model.lstm.layers[0].weight_hh
-    hidden = model.lstm.layers[0].hidden_size
+    weight = model.lstm.weight_hh_l0
+    hidden = model.lstm.sizes[0]
     plans = {}
     for estimator in settings.estimators:
         cap = settings.max_independent if estimator == "independent" else max(settings.batch_sizes)
