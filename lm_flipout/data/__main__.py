@@ -1,9 +1,8 @@
-"""``python -m lm_flipout.data stats|synthetic|fetch``: the older spelling of
-``lm-flipout data`` (`lm_flipout.cli.data`)."""
+"""``python -m lm_flipout.data``: points to ``lm-flipout data``; the command line is the one
+entry point, and this package only calls down."""
 
 import sys
 
-from ..cli.data import main
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], prog="python -m lm_flipout.data"))
+    sys.exit("`python -m lm_flipout.data` is now `lm-flipout data` (or "
+             "`python -m lm_flipout data`), with the same arguments.")

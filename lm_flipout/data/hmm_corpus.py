@@ -4,7 +4,7 @@
 beside the files, the Bayes-optimal perplexity of each split and the process's entropy rate
 (`lm_flipout.data.hmm_entropy`).
 
-Command line: ``python -m lm_flipout.data synthetic DIR`` writes train/valid/test.txt to DIR
+Command line: ``lm-flipout data synthetic DIR`` writes train/valid/test.txt to DIR
 and prints the metadata (token counts, entropy rate, best perplexity) as JSON.
 """
 

@@ -1,4 +1,4 @@
-"""A JSON-ready summary of a corpus (what `python -m lm_flipout.data stats` prints)."""
+"""A JSON-ready summary of a corpus (what `lm-flipout data stats` prints)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m lm_flipout.data stats` and the corpus_stats it prints."""
+"""`lm-flipout data stats` and the corpus_stats it prints."""
 
 import json
 import os
@@ -43,7 +43,7 @@ def test_stats_command_end_to_end(tmp_path):
     root = write_corpus(tmp_path / "c")
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(f"data:\n  path: {root}\n  cache_dir: {tmp_path / 'cache'}\n")
-    cmd = [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe), "data.tokenizer=char"]
+    cmd = [sys.executable, "-m", "lm_flipout", "data", "stats", str(recipe), "data.tokenizer=char"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
@@ -55,7 +55,7 @@ def test_stats_command_end_to_end(tmp_path):
     assert cache_path.is_file() and cache_path.parent == tmp_path / "cache"
 
     bad = subprocess.run(
-        [sys.executable, "-m", "lm_flipout.data", "stats", str(recipe),
+        [sys.executable, "-m", "lm_flipout", "data", "stats", str(recipe),
          f"data.path={tmp_path / 'nope'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )

@@ -1,5 +1,6 @@
-"""Imports run one way (nn -> model -> training -> experiments -> cli): nothing under
-lm_flipout/experiments, its ``python -m`` spellings included, imports the command line."""
+"""Imports run one way (nn -> model -> training -> experiments -> cli): nothing outside
+lm_flipout/cli, the ``python -m`` spellings of its packages included, imports the command
+line."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = REPO / "lm_flipout" / "experiments"
+PACKAGE = REPO / "lm_flipout"
 
 
 def module_names() -> list[str]:
-    """Every module of lm_flipout.experiments, ``__main__`` modules included."""
+    """Every module of lm_flipout below the command line, ``__main__`` modules of its
+    subpackages included (``python -m lm_flipout`` itself is the command line)."""
     names = []
-    for path in sorted(EXPERIMENTS.rglob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         parts = path.relative_to(REPO).with_suffix("").parts
+        if parts[1] == "cli" or parts == ("lm_flipout", "__main__"):
+            continue
         names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 
 
-def test_importing_every_experiments_module_leaves_the_command_line_unimported() -> None:
+def test_importing_every_module_below_the_command_line_leaves_it_unimported() -> None:
     names = module_names()
-    assert "lm_flipout.experiments.suite" in names and "lm_flipout.experiments.bench" in names
+    assert "lm_flipout.experiments.suite" in names and "lm_flipout.data.__main__" in names
     script = ("import importlib, sys\n"
               f"for name in {names!r}:\n"
               "    importlib.import_module(name)\n"
@@ -34,9 +38,9 @@ def test_importing_every_experiments_module_leaves_the_command_line_unimported()
 
 
 def test_the_older_module_spellings_point_to_the_command() -> None:
-    for name, command in (("compare", "compare"), ("bench", "bench"),
-                          ("variance", "variance")):
-        done = subprocess.run([sys.executable, "-m", f"lm_flipout.experiments.{name}", "--help"],
+    for module, command in (("experiments.compare", "compare"), ("experiments.bench", "bench"),
+                            ("experiments.variance", "variance"), ("data", "data")):
+        done = subprocess.run([sys.executable, "-m", f"lm_flipout.{module}", "--help"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0
         assert f"`lm-flipout {command}`" in done.stderr
