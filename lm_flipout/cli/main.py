@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "train a language model from a YAML recipe",
     "evaluate": "score a trained checkpoint on the valid or test split",
     "compare": "train the unfinished runs of a suite and write its report",
+    "tune": "search a recipe's hyperparameters with Optuna (each trial an ordinary run)",
     "data": "corpus statistics, the synthetic corpus, and `data fetch ptb`",
     "bench": "speed and memory of the perturbed LSTM against torch.nn.LSTM",
     "variance": "gradient variance against batch size per estimator (Figure 1c)",

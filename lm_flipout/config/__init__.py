@@ -2,7 +2,7 @@
 ``key=value`` overrides, and recipe files."""
 
 from .convert import from_dict, to_dict
-from .overrides import apply_overrides, parse_overrides
+from .overrides import apply_overrides, parse_overrides, setting_type
 from .recipe_dict import changed_settings, recipe_from_dict, recipe_to_dict, with_defaults
 from .schema import OptimConfig, Recipe, TrainConfig, WandbConfig
 from .yaml_io import load_recipe, read_yaml, recipe_to_yaml, save_recipe
@@ -22,6 +22,7 @@ __all__ = [
     "recipe_to_dict",
     "recipe_to_yaml",
     "save_recipe",
+    "setting_type",
     "to_dict",
     "with_defaults",
 ]
