@@ -60,13 +60,20 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     args = parse_in_any_order(build_parser(prog), argv)
     command = shlex.join([*shlex.split(prog), *argv])
     try:
+        try:
+            import optuna  # noqa: F401 - checked before anything is read
+        except ImportError:
+            raise UserError("lm-flipout tune needs Optuna, which is not installed. Install it "
+                            "with `pip install optuna` (or `pip install -e .[tune]`).") from None
+        from tqdm import tqdm
+
         from ..experiments.tuning import read_space, tune
         from ..training import Interrupted
 
         base, _ = recipe_with_run_name(args.recipe, list(args.overrides))
         space = read_space(args.space, base)
         try:
-            result = tune(base, space, args.trials, args.storage, command)
+            result = tune(base, space, args.trials, args.storage, command, echo=tqdm.write)
         except Interrupted as stop:
             print(f"\nStopped; the trial's last.pt is kept. Continue the study with:\n  {command}",
                   file=sys.stderr)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
-from ...errors import ConfigError
+from ...errors import ConfigError, first_line
 from ...training import Interrupted
 from .space import SearchSpace, pruner_name
 
@@ -78,18 +80,24 @@ def open_study(name: str, storage: Any, space: SearchSpace, seed: int) -> Any:
     refused, so that one study never mixes two searches."""
     import optuna
 
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                    direction="minimize", sampler=make_sampler(space, seed),
-                                    pruner=make_pruner(space))
-    except ImportError as err:  # e.g. a PostgreSQL URL without its driver
-        raise ConfigError(f"The storage {storage!r} needs a package that is not installed "
-                          f"({err}). Install it, e.g. `pip install psycopg2-binary`.") from None
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors, from any backend
-        if not isinstance(storage, str):
-            raise
-        raise ConfigError(f"Cannot open the study storage {storage!r}: {err}. Check the URL "
-                          "and that the database server is running.") from None
+    for attempt in range(3):  # processes creating one database's tables at once may collide
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                        direction="minimize", sampler=make_sampler(space, seed),
+                                        pruner=make_pruner(space))
+            break
+        except ImportError as err:  # e.g. a PostgreSQL URL without its driver
+            raise ConfigError(
+                f"The storage {storage!r} needs a package that is not installed ({err}). "
+                "Install it, e.g. `pip install 'psycopg[binary]'` for PostgreSQL.") from None
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors, from any backend
+            if not isinstance(storage, str):
+                raise
+            if attempt == 2:
+                raise ConfigError(
+                    f"Cannot open the study storage {storage!r}: {first_line(err)}. Check the "
+                    "URL and that the database server is running.") from None
+            time.sleep(1.0 + random.random())
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", space.as_plain())

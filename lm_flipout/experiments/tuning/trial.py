@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ...config import Recipe, apply_overrides, from_dict, recipe_to_dict
 from ...errors import TrainingError, first_line
@@ -45,7 +45,7 @@ class Outcome:
 
 
 def run_trial(trial: Any, space: SearchSpace, base: Recipe, study_dir: Path,
-              group: str) -> Outcome:
+              group: str, echo: Callable[[str], None] = print) -> Outcome:
     """Train ``trial``'s run (resuming its last.pt when one exists) and return its outcome.
 
     A trial that the pruner stops, or whose training diverges, ends pruned; SIGINT/SIGTERM
@@ -68,7 +68,7 @@ def run_trial(trial: Any, space: SearchSpace, base: Recipe, study_dir: Path,
         return pruned
 
     try:
-        trainer = Trainer(recipe, run_dir, resume=(run_dir / LAST_FILE).exists(),
+        trainer = Trainer(recipe, run_dir, resume=(run_dir / LAST_FILE).exists(), echo=echo,
                           on_epoch_end=on_epoch_end)
         results = trainer.run()
     except AlreadyFinished as done:  # finished before the process that ran it was killed

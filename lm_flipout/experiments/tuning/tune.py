@@ -48,6 +48,9 @@ def tune(base: Recipe, space: SearchSpace, trials: Optional[int], storage: Optio
     if total is None or total < 1:
         raise ConfigError(f"No number of trials: give --trials N, or `study: {{trials: N}}` in "
                           f"{space.path}.")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says what it would
     study_dir = study_dir_of(base)
     name = study_dir.name
     seed = space.study.seed if space.study.seed is not None else base.train.seed
@@ -55,7 +58,7 @@ def tune(base: Recipe, space: SearchSpace, trials: Optional[int], storage: Optio
 
     def train_one(trial: Any) -> tuple[str, Optional[float]]:
         echo(f"Trial {trial.number} in {study_dir / trial_dir_name(trial.number)}")
-        outcome = run_trial(trial, space, base, study_dir, name)
+        outcome = run_trial(trial, space, base, study_dir, name, echo)
         params = study.get_trials(deepcopy=False)[trial.number].params
         recipe = trial_recipe(base, params, study_dir, trial_dir_name(trial.number), name)
         tag_trial_run(recipe, study_dir / trial_dir_name(trial.number),
