@@ -254,3 +254,35 @@ def test_two_processes_share_a_postgresql_study(tmp_path: Path, postgres_url: st
     assert sorted(trained) == ["0", "1", "2"]
     assert [row["number"] for row in read_trials(tmp_path)] == ["0", "1", "2"]
     assert not (study_dir(tmp_path) / "study.journal").exists()  # the database holds the study
+
+
+def test_trials_are_wandb_runs_in_the_study_group_tagged_with_their_state(
+        tmp_path: Path, wandb_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import wandb
+    from test_tracking import item_key, read_wandb_records
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe, space = setup(tmp_path, {**SPACE, "study": {"pruner": "none"}}, epochs=1)
+    assert cli_main.main(tune_args(recipe, space, 1, "wandb.mode=offline")) == 0
+    wandb.teardown()
+    trial_dir = study_dir(tmp_path) / "trial-0000"
+    runs: dict[str, list] = {}  # record type -> records, over the run's offline segments
+    for path in sorted((trial_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+        for record in read_wandb_records(path):
+            runs.setdefault(record.WhichOneof("record_type"), []).append(record)
+    first = runs["run"][0].run
+    assert first.run_group == "run-tune" and first.display_name == "run-tune/trial-0000"
+    config = {item_key(item): json.loads(item.value_json) for item in first.config.update}
+    row = read_trials(tmp_path)[0]
+    assert config["optim"]["lr"] == pytest.approx(float(row["optim.lr"]))
+    assert "finished" in [tag for record in runs["run"] for tag in record.run.tags]
+    summary_runs = list((study_dir(tmp_path) / "summary" / "wandb").glob("offline-run-*"))
+    assert len(summary_runs) == 1
+    records = read_wandb_records(next(summary_runs[0].glob("run-*.wandb")))
+    summary = {item_key(item): json.loads(item.value_json) for record in records
+               if record.WhichOneof("record_type") == "summary" for item in record.summary.update}
+    assert summary["best_trial"] == 0
+    assert summary["best_params"]["optim.lr"] == pytest.approx(float(row["optim.lr"]))
+    assert summary["trials/_type"] == "table-file" and summary["trials/nrows"] == 1
