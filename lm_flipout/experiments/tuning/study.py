@@ -17,11 +17,11 @@ Where ``fcntl`` is missing (Windows) there are no locks: run one process per stu
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
@@ -38,6 +38,7 @@ JOURNAL_FILE = "study.journal"
 STUDY_LOCK = "tune.lock"
 CLAIMS_DIR = "claims"
 HOST_ATTR, DIR_ATTR = "host", "study_dir"
+ORPHAN_SECONDS = 60.0
 
 
 def default_storage(study_dir: Path) -> Any:
@@ -154,23 +155,34 @@ def next_trial(study: Any, study_dir: Path, total: int) -> tuple[Optional[Any], 
             return None, None
         running = [t for t in trials if t.state == TrialState.RUNNING]
         for frozen in running:
-            if (frozen.user_attrs.get(HOST_ATTR), frozen.user_attrs.get(DIR_ATTR)) != (host,
-                                                                                       folder):
+            if not _ours(frozen, host, folder):
                 continue
             claim = Claim(study_dir, frozen.number)
             if claim.held:  # its process is gone
                 # FrozenTrial keeps its storage id private; Trial(study, id) is how Optuna
                 # itself reopens a running trial
-                return optuna.trial.Trial(study, frozen._trial_id), claim
+                trial = optuna.trial.Trial(study, frozen._trial_id)
+                trial.set_user_attr(HOST_ATTR, host)
+                trial.set_user_attr(DIR_ATTR, folder)
+                return trial, claim
             claim.release()
         if done + len(running) >= total:
             return None, None  # the rest are being trained by other processes
         trial = study.ask()
         trial.set_user_attr(HOST_ATTR, host)
         trial.set_user_attr(DIR_ATTR, folder)
-        trial.set_user_attr("pid", os.getpid())
         claim = Claim(study_dir, trial.number)
         return trial, claim
+
+
+def _ours(frozen: Any, host: str, folder: str) -> bool:
+    """Whether a running trial is this machine's and this directory's to take up when no one
+    holds its claim. One without a host was asked for by a process killed before it could
+    note its host; after `ORPHAN_SECONDS` any process may take it up."""
+    if HOST_ATTR not in frozen.user_attrs:
+        started = frozen.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() > ORPHAN_SECONDS
+    return (frozen.user_attrs[HOST_ATTR], frozen.user_attrs.get(DIR_ATTR)) == (host, folder)
 
 
 def count_states(study: Any) -> dict[str, int]:
