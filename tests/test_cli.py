@@ -19,7 +19,7 @@ from lm_flipout.training.distributed import DistContext
 # A phrase each command's --help must show (besides its usage line).
 HELP_SAYS = {
     "train": "--resume", "evaluate": "--mc-samples", "compare": "--report-only",
-    "data": "fetch", "bench": "--shapes", "variance": "--batch-sizes",
+    "data": "fetch", "bench": "--shapes", "variance": "--batch-sizes", "tune": "--space",
 }
 
 

@@ -23,7 +23,7 @@ The pruner is median, successive_halving or none (or {{median: {{n_warmup_steps:
 Optuna's arguments); the sampler tpe (default, seeded by study.seed or train.seed) or random.
 
 examples:
-  {prog} recipes/quickstart.yaml --space recipes/spaces/quickstart.yaml --trials 8
+  {prog} recipes/quickstart.yaml --space recipes/spaces/quickstart.yaml --trials 12
   {prog} RECIPE --space SPACE.yaml --trials 40 --storage postgresql://user@host/db
 
 The study lives in <train.out_dir>/<train.run_name>-tune/: one run directory per trial

@@ -108,7 +108,7 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
     for metric in shown:
         header += [HEADERS[metric], f"{HEADERS[metric]} 95% CI"]
         header += [f"paper {HEADERS[metric]}"] if metric in quoted else []
-    header += ["params", "tokens/s", "wall time"]
+    header += ["params", "tokens/s", "wall time (sum over seeds)"]
     lines = _header(header)
     for row in stats:
         done = [r.results for r in row.finished]
