@@ -286,3 +286,16 @@ def test_trials_are_wandb_runs_in_the_study_group_tagged_with_their_state(
     assert summary["best_trial"] == 0
     assert summary["best_params"]["optim.lr"] == pytest.approx(float(row["optim.lr"]))
     assert summary["trials/_type"] == "table-file" and summary["trials/nrows"] == 1
+
+
+def test_a_study_refuses_another_space(tmp_path: Path) -> None:
+    from lm_flipout.experiments.tuning.study import default_storage, open_study
+
+    recipe, space = setup(tmp_path)
+    base = load_recipe(recipe)
+    storage = default_storage(study_dir(tmp_path))
+    open_study("run-tune", storage, read_space(space, base), seed=0)
+    open_study("run-tune", storage, read_space(space, base), seed=0)  # the same: reopened
+    space.write_text(yaml.safe_dump({"optim.lr": {"float": [0.001, 0.02]}}))
+    with pytest.raises(ConfigError, match="started with another search space"):
+        open_study("run-tune", storage, read_space(space, base), seed=0)

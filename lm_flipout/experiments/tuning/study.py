@@ -202,9 +202,11 @@ def best_value(study: Any) -> Optional[float]:
 
 
 def run_study(study: Any, study_dir: Path, total: int,
-              train_one: Callable[[Any], tuple[str, Optional[float]]]) -> None:
-    """Train trials (``train_one(trial)`` returns its state and value) until none is left
-    for this process; a progress bar shows trials done, pruned and the best so far."""
+              train_one: Callable[[Any], tuple[str, Optional[float]]],
+              after_each: Callable[[], None] = lambda: None) -> None:
+    """Train trials (``train_one(trial)`` returns its state and value; ``after_each`` runs
+    once it is recorded) until none is left for this process; a progress bar shows trials
+    done, pruned and the best so far."""
     from optuna.trial import TrialState
     from tqdm import tqdm
 
@@ -235,6 +237,7 @@ def run_study(study: Any, study_dir: Path, total: int,
                 raise
             finally:
                 claim.release()
+            after_each()
             shown(bar)
     finally:
         bar.close()

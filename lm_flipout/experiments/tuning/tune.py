@@ -65,7 +65,8 @@ def tune(base: Recipe, space: SearchSpace, trials: Optional[int], storage: Optio
                       "pruned" if outcome.state == "pruned" else "finished")
         return outcome.state, outcome.value
 
-    run_study(study, study_dir, total, train_one)
+    run_study(study, study_dir, total, train_one,
+              after_each=lambda: write_trials_csv(study, space, study_dir))
     result = TuneResult(study_dir, len(ended_trials(study)), total)
     write_trials_csv(study, space, study_dir)
     if result.ended < total:
