@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -94,8 +95,6 @@ def write_plots(study: Any, study_dir: Path, echo: Callable[[str], None]) -> lis
     for name, draw in ((HISTORY_PLOT, optuna_plots.plot_optimization_history),
                        (IMPORTANCE_PLOT, optuna_plots.plot_param_importances)):
         try:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 axes = draw(study)

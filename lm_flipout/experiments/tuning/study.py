@@ -112,32 +112,35 @@ def open_study(name: str, storage: Any, space: SearchSpace, seed: int) -> Any:
 
 
 @contextlib.contextmanager
-def locked(path: Path, wait: bool = True) -> Iterator[Optional[IO[str]]]:
-    """An exclusive lock on ``path`` (None when ``wait`` is False and another process has it)."""
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block, waiting for it if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")
-    try:
+    with open(path, "a+", encoding="utf-8") as handle:
         if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                handle.close()
-                yield None
-                return
-        yield handle
-    finally:
-        handle.close()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 class Claim:
-    """This process's claim on one trial: the lock on ``claims/trial-NNNN.lock``."""
+    """This process's claim on one trial: an exclusive lock on ``claims/trial-NNNN.lock``,
+    taken at once or not at all (``held``), and let go by `release` or the process's end."""
 
     def __init__(self, study_dir: Path, number: int) -> None:
-        self._lock = locked(study_dir / CLAIMS_DIR / f"trial-{number:04d}.lock", wait=False)
-        self.held = self._lock.__enter__() is not None
+        path = study_dir / CLAIMS_DIR / f"trial-{number:04d}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: Optional[IO[str]] = open(path, "a+", encoding="utf-8")
+        self.held = True
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.release()
+                self.held = False
 
     def release(self) -> None:
-        self._lock.__exit__(None, None, None)
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def next_trial(study: Any, study_dir: Path, total: int) -> tuple[Optional[Any], Optional[Claim]]:
