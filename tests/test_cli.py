@@ -20,7 +20,7 @@ from lm_flipout.training.distributed import DistContext
 HELP_SAYS = {
     "train": "--resume", "evaluate": "--mc-samples", "compare": "--report-only",
     "data": "fetch", "bench": "--shapes", "variance": "--batch-sizes", "recipes": "copy",
-    "generate": "--sample-weights", "export": "--force",
+    "generate": "--sample-weights", "export": "--force", "tune": "--space",
 }
 
 

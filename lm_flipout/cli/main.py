@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": "write text with a trained model (streamed as it comes)",
     "export": "write a checkpoint as a folder others load with load_pretrained",
     "compare": "train the unfinished runs of a suite and write its report",
+    "tune": "search a recipe's hyperparameters with Optuna (each trial an ordinary run)",
     "data": "corpus statistics, the synthetic corpus, and `data fetch ptb`",
     "bench": "speed and memory of the perturbed LSTM against torch.nn.LSTM",
     "variance": "gradient variance against batch size per estimator (Figure 1c)",

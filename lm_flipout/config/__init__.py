@@ -3,7 +3,7 @@
 
 from .compose import load_recipe, read_recipe_data, recipe_with_run_name
 from .convert import from_dict, to_dict
-from .overrides import apply_overrides, parse_overrides
+from .overrides import apply_overrides, parse_overrides, setting_type
 from .recipe_dict import changed_settings, recipe_from_dict, recipe_to_dict, with_defaults
 from .schema import OptimConfig, Recipe, TrainConfig, WandbConfig
 from .yaml_io import read_yaml, recipe_to_yaml, save_recipe
@@ -25,6 +25,7 @@ __all__ = [
     "recipe_to_yaml",
     "recipe_with_run_name",
     "save_recipe",
+    "setting_type",
     "to_dict",
     "with_defaults",
 ]

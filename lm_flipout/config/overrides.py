@@ -132,3 +132,13 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+def setting_type(dotted: str, where: str, schema: type = Recipe) -> Any:
+    """The type annotation of the recipe setting ``dotted`` (Optional stripped); an unknown
+    key is a ConfigError naming ``where`` and the allowed keys."""
+    tp, section = schema, ""
+    for part in dotted.split("."):
+        tp, _ = _child_type(tp, part, section, where)
+        section = join_key(section, part)
+    return _strip_optional(tp)

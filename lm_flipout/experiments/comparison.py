@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .rows import Row
-from .statistics import Estimate, PairedDifference, estimate, paired_difference
+from .statistics import Estimate, PairedDifference, corrected, estimate, paired_difference
 from .suite import PAPER_METRICS, Suite
 
 METRICS = PAPER_METRICS  # the results.json keys a report summarises (lower is better)
@@ -54,7 +54,8 @@ def baseline_label(suite: Suite) -> str:
 
 def compare(suite: Suite, rows: list[Row]) -> list[RowStats]:
     """Group the runs by row (in suite order) and compute each row's estimates and its
-    paired differences to the baseline row."""
+    paired differences to the baseline row, whose verdicts hold after Holm's correction over
+    the rows compared for each metric."""
     stats: dict[str, RowStats] = {}
     for row in rows:
         stats.setdefault(row.run.label, RowStats(row.run.label, [])).runs.append(row)
@@ -69,4 +70,8 @@ def compare(suite: Suite, rows: list[Row]) -> list[RowStats]:
                 difference = paired_difference(values, base.values(metric))
                 if difference is not None:
                     row_stats.differences[metric] = difference
+    for metric in METRICS:  # Holm's correction over the rows compared with the baseline
+        compared = [row for row in stats.values() if metric in row.differences]
+        for row, diff in zip(compared, corrected([r.differences[metric] for r in compared])):
+            row.differences[metric] = diff
     return list(stats.values())

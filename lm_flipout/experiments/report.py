@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from ..atomic import atomic_write
 from .comparison import METRICS, RowStats, baseline_label, compare, several_seeds
@@ -131,7 +132,7 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
     for metric in shown:
         header += [HEADERS[metric], f"{HEADERS[metric]} 95% CI"]
         header += [f"paper {HEADERS[metric]}"] if metric in quoted else []
-    header += ["params", "tokens/s", "wall time"]
+    header += ["params", "tokens/s", "wall time (sum over seeds)"]
     lines = _header(header)
     for row in stats:
         done = [r.results for r in row.finished]
@@ -148,21 +149,24 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
                   _wall(sum(r.get("wall_s", 0.0) for r in done)) if done else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     base = baseline_label(suite)
-    lines += ["", (f"Paired differences to {base} (row − {base} over the seeds both finished; "
-                   "lower is better; 95% t interval of the mean difference):"), ""]
-    lines += _header(["run", "metric", "seeds", "difference", "95% CI", "verdict"])
+    lines += ["", f"Paired differences to {base} (row − {base} over the seeds both finished; "
+              "lower is better). The 95% t interval of the mean difference and the paired t "
+              "test's p are per comparison. " + _family_note(stats, shown, base), ""]
+    lines += _header(["run", "metric", "seeds", "difference", "95% CI (per comparison)",
+                      "p", "Holm p", "verdict"])
     for row in stats:
         for metric in shown if row.label != base else []:
             diff = row.differences.get(metric)
             if diff is None:
-                lines.append(f"| {row.label} | {HEADERS[metric]} | 0 | — |  | no seed finished "
-                             "in both rows |")
+                lines.append(f"| {row.label} | {HEADERS[metric]} | 0 | — |  |  |  | no seed "
+                             "finished in both rows |")
                 continue
             est, show = diff.difference, FORMATS[metric]
             relative = (est.mean / diff.baseline_mean * 100) if diff.baseline_mean else 0.0
             signed = ("+" if est.mean >= 0 else "") + show(est.mean)
             lines.append(f"| {row.label} | {HEADERS[metric]} | {est.n} | {signed} "
-                         f"({relative:+.1f}%) | {_interval(metric, est)} | {diff.verdict} |")
+                         f"({relative:+.1f}%) | {_interval(metric, est)} | {_p(diff.p_value)} | "
+                         f"{_p(diff.holm_p)} | {diff.verdict} |")
     lines += ["", "Per seed:", ""]
     lines += _header(["run", "seed", "status", *(HEADERS[m] for m in shown), "tokens/s",
                       "wall time", "epochs (best)"])
@@ -176,6 +180,24 @@ def seed_tables(suite: Suite, stats: list[RowStats], link_from: Path) -> list[st
                      f"{res['epochs']} ({res['best_epoch']})" if "epochs" in res else "—"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _p(value: Optional[float]) -> str:
+    return "" if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _family_note(stats: list[RowStats], shown: list[str], base: str) -> str:
+    """How the verdicts control the error over the rows compared with the baseline."""
+    family = max((sum(1 for row in stats if row.label != base and metric in row.differences
+                      and row.differences[metric].p_value is not None) for metric in shown),
+                 default=0)
+    if family < 2:
+        return ("A verdict of better or worse means the interval excludes zero (a single "
+                "comparison per metric, so no correction applies).")
+    return (f"A verdict of better or worse holds after Holm's correction over the {family} rows "
+            "compared with the baseline for each metric (Holm p below 0.05: the chance of any "
+            "false verdict among them is at most 5%); a difference whose interval alone "
+            "excludes zero but whose Holm p does not is not resolved after correction.")
 
 
 def _header(header: list[str]) -> list[str]:

@@ -56,7 +56,7 @@ def comparison_table(stats: list[RowStats]) -> tuple[list[str], list[list[Any]]]
     for metric in metrics:
         columns += [f"{metric} {part}" for part in
                     ("mean", "sd", "ci low", "ci high", "paper", "diff", "diff ci low",
-                     "diff ci high", "verdict")]
+                     "diff ci high", "diff p", "diff holm p", "verdict")]
     data = []
     for row in stats:
         cells: list[Any] = [row.label, len(row.finished), len(row.runs)]
@@ -65,7 +65,8 @@ def comparison_table(stats: list[RowStats]) -> tuple[list[str], list[list[Any]]]
             d = diff.difference if diff else None
             cells += [est and est.mean, est and est.sd, est and est.low, est and est.high,
                       row.runs[0].run.paper.get(metric),
-                      d and d.mean, d and d.low, d and d.high, diff.verdict if diff else ""]
+                      d and d.mean, d and d.low, d and d.high, diff and diff.p_value,
+                      diff and diff.holm_p, diff.verdict if diff else ""]
         data.append(cells)
     return columns, data
 

@@ -72,14 +72,19 @@ class Trainer(CheckpointWriting):
 
     ``dist`` places the process among torchrun's data-parallel processes (default: alone);
     every rank builds a Trainer with the same recipe, and only rank 0 touches ``run_dir``.
+    ``on_epoch_end(epoch, metrics)``, called after each epoch's validation and save with the
+    epoch's validation metrics, ends training early (as early stopping does) by returning
+    True; a hyperparameter search prunes trials with it.
     Raises `AlreadyFinished` for ``resume`` on a finished run, TrainingError for a fresh
     start in a directory that holds a run, CheckpointError for an unusable last.pt.
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False,
                  echo: Callable[[str], None] = print,
-                 dist: Optional[DistContext] = None) -> None:
+                 dist: Optional[DistContext] = None,
+                 on_epoch_end: Optional[Callable[[int, dict], bool]] = None) -> None:
         self.dist = dist or DistContext()
+        self.on_epoch_end = on_epoch_end
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.echo = echo if self.dist.is_main else (lambda message: None)
         self.last_path, self.best_path = self.run_dir / LAST_FILE, self.run_dir / BEST_FILE
@@ -168,10 +173,12 @@ class Trainer(CheckpointWriting):
                 while self._epochs_left():
                     self._train_epoch()
                     self._update_wall_time()
-                    self._end_epoch()
+                    metrics = self._end_epoch()
                     if self.dist.enabled:
                         self.stop.agree()
                     self.stop.stop_if_requested()
+                    if self.on_epoch_end and self.on_epoch_end(self.progress.epoch - 1, metrics):
+                        break
                 self._update_wall_time()
                 results = self._final_results()
             exit_code = 0
@@ -263,8 +270,9 @@ class Trainer(CheckpointWriting):
             nll, tokens = sum_across_ranks(self.dist, nll, tokens)
         return split_metrics(nll, int(tokens), self.corpus.splits[split], split)
 
-    def _end_epoch(self) -> None:
-        """Validate (NT-ASGD: with the averaged weights), step the schedule, log and save."""
+    def _end_epoch(self) -> dict:
+        """Validate (NT-ASGD: with the averaged weights), step the schedule, log and save;
+        returns the validation metrics."""
         progress = self.progress
         with averaged_weights(self.model, self.optimizer):
             metrics = self._evaluate("valid")
@@ -283,6 +291,7 @@ class Trainer(CheckpointWriting):
         if improved:
             self._save_best()  # before last.pt: see the module docstring
         self._save_last()
+        return metrics
 
     def _final_results(self) -> dict:
         """Score best.pt on both evaluation splits; write and return results.json's content."""

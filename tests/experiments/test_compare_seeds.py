@@ -144,7 +144,8 @@ def check_report(report: str, results: dict) -> None:
         assert diff["seeds"] == "2"
         places = 3 if metric.endswith("bpc") else 2
         assert diff["difference"] == f"{centre:+.{places}f} ({centre / base * 100:+.1f}%)"
-        assert diff["95% CI"] == f"[{centre - half:.{places}f}, {centre + half:.{places}f}]"
+        interval = f"[{centre - half:.{places}f}, {centre + half:.{places}f}]"
+        assert diff["95% CI (per comparison)"] == interval
         expected = ("better" if centre + half < 0 else "worse" if centre - half > 0
                     else "not resolved at 2 seeds")
         assert diff["verdict"] == expected
@@ -206,11 +207,12 @@ def test_report_of_hand_written_runs_shows_single_values_where_one_seed_finished
         "1 of 2", "75.00", "")
     assert flipout["paper test bpc"] == "1.250" and flipout["test bpc"] == "—"
     test = next(d for d in differences if d["metric"] == "test ppl")
-    assert (test["seeds"], test["difference"], test["95% CI"], test["verdict"]) == (
+    assert (test["seeds"], test["difference"], test["95% CI (per comparison)"],
+            test["verdict"]) == (
         "1", "-5.00 (-6.2%)", "", "not resolved at 1 seed")
     assert per_seed[3]["status"] == "unfinished"
     assert "- flipout (seed 2): unfinished (last.pt in" in report
-    assert "wall time" in plain and plain["wall time"] == "2m 00s"
+    assert plain["wall time (sum over seeds)"] == "2m 00s"  # 60 s for each of two seeds
     assert ("- Best at the last epoch of the budget, so still improving when it ended (a longer "
             "budget may do better): plain (seed 1), flipout (seed 1).") in report
 
@@ -303,3 +305,39 @@ def test_the_summary_run_starts_where_no_run_directory_exists_yet(tmp_path: Path
         assert (tmp_path / "reports" / "suite_wandb" / "wandb_id.txt").is_file()
     finally:
         run.finish()
+
+
+def test_report_of_three_rows_corrects_its_verdicts_by_holm(tmp_path: Path) -> None:
+    """Two rows against one baseline, from hand-written results: each difference is resolved
+    by its own interval, neither after Holm's correction, and the report says so."""
+    suite = with_seeds(make_suite(tmp_path), [1, 2, 3])
+    data = yaml.safe_load(suite.read_text())
+    shutil.copy(tmp_path / "recipes" / "flipout.yaml", tmp_path / "recipes" / "other.yaml")
+    data["runs"].append({"recipe": "../recipes/other.yaml", "label": "other"})
+    write_recipe(suite, data)
+    base = {1: 100.0, 2: 101.0, 3: 99.0}
+    diffs = {"flipout": (-1.3, -1.0, -0.7), "other": (-1.32, -1.0, -0.68)}
+    runs = tmp_path / "runs"
+    for row in ("plain", "flipout", "other"):
+        for seed in (1, 2, 3):
+            ppl = base[seed] + (diffs[row][seed - 1] if row in diffs else 0.0)
+            (runs / f"{row}-seed{seed}").mkdir(parents=True)
+            (runs / f"{row}-seed{seed}" / "results.json").write_text(json.dumps(
+                {"valid_ppl": ppl, "test_ppl": ppl, "params": 100, "epochs": 2,
+                 "best_epoch": 1}))
+    assert compare.main([str(suite), "--report-only", "wandb.mode=disabled",
+                         "--reports-dir", str(tmp_path / "reports")]) == 0
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "Holm's correction over the 2 rows compared with the baseline" in report
+    differences = {(d["run"], d["metric"]): d for d in tables(report)[1]}
+    # By hand, df = 2: p = 1 - |t| / sqrt(2 + t^2) with t = -1 / (sd / √3), sd 0.3 and 0.32.
+    # Holm over two: the smaller p doubled (above 0.05), the larger raised to it.
+    p_flipout, p_other = (1 - abs(t) / math.sqrt(2 + t * t)
+                          for t in (-1 / (0.3 / math.sqrt(3)), -1 / (0.32 / math.sqrt(3))))
+    assert 0.025 < p_flipout < p_other < 0.05
+    flipout, other = differences["flipout", "test ppl"], differences["other", "test ppl"]
+    assert (flipout["p"], flipout["Holm p"]) == (f"{p_flipout:.3f}", f"{2 * p_flipout:.3f}")
+    assert (other["p"], other["Holm p"]) == (f"{p_other:.3f}", f"{2 * p_flipout:.3f}")
+    for diff in (flipout, other):
+        assert diff["verdict"] == "not resolved after correction (better per comparison)"
+    assert other["95% CI (per comparison)"] == "[-1.79, -0.21]"  # -1 ± 4.303 · 0.32/√3

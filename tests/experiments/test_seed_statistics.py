@@ -1,6 +1,7 @@
 """The statistics of a suite over seeds, against numbers worked out by hand: mean, sample
 standard deviation, the Student-t 95% interval, paired differences and their verdicts; and
-the t quantiles against a numerical integration of Student's t density."""
+the t quantiles against a numerical integration of Student's t density; the t test's
+p-value against closed forms, and Holm's correction worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import math
 import pytest
 
 from lm_flipout.experiments.statistics import (
+    corrected,
     estimate,
+    holm,
     mean,
     paired_difference,
     sample_sd,
     t_quantile_975,
+    t_two_sided_p,
 )
 
 
@@ -100,3 +104,50 @@ def test_paired_difference_better_worse_and_unresolved_by_hand() -> None:
     assert paired_difference({1: 70.0}, {2: 80.0}) is None
     # A row without seeds (the recipe's own seed) pairs with another row without seeds.
     assert paired_difference({None: 70.0}, {None: 80.0}).difference.mean == -10.0
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, -4.0, 17.0])
+def test_t_test_p_value_against_closed_forms(t: float) -> None:
+    # df = 1 is the Cauchy distribution: P(|T| >= t) = 1 - (2/pi) atan|t|;
+    # df = 2: P(|T| >= t) = 1 - |t| / sqrt(2 + t^2).
+    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)), abs=1e-12)
+    assert t_two_sided_p(t, 2) == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), abs=1e-12)
+
+
+def test_t_test_p_value_at_the_tabled_quantiles_is_five_percent() -> None:
+    for df in (1, 3, 7, 30, 60):  # the table has three decimals: p within about 1e-4
+        assert t_two_sided_p(t_quantile_975(df), df) == pytest.approx(0.05, abs=1e-4)
+
+
+def test_holm_adjusted_p_values_by_hand() -> None:
+    # sorted 0.01, 0.03, 0.04 of m = 3: 3 * 0.01 = 0.03; 2 * 0.03 = 0.06;
+    # 1 * 0.04 = 0.04, raised to the running maximum 0.06. None is not counted in m.
+    assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_a_verdict_holds_after_holms_correction_over_the_rows() -> None:
+    base = {1: 100.0, 2: 101.0, 3: 99.0}
+    diffs = {"a": (-2.2, -2.0, -1.8), "b": (-1.0, -2.0, -3.0), "c": (-1.3, -1.0, -0.7)}
+    rows = {name: paired_difference({s: base[s] + d for s, d in zip((1, 2, 3), ds)}, base)
+            for name, ds in diffs.items()}
+    # By hand, df = 2 so p = 1 - |t| / sqrt(2 + t^2), t = mean / (sd / sqrt 3):
+    # a: t = -2 / (0.2 / √3); b: t = -2 / (1 / √3); c: t = -1 / (0.3 / √3).
+    p = {name: 1 - abs(t) / math.sqrt(2 + t * t) for name, t in (
+        ("a", -2 / (0.2 / math.sqrt(3))), ("b", -2 / (1 / math.sqrt(3))),
+        ("c", -1 / (0.3 / math.sqrt(3))))}
+    assert p["a"] < p["c"] < 0.05 < p["b"]
+    for name in rows:
+        assert rows[name].p_value == pytest.approx(p[name], abs=1e-9)
+    assert [rows[n].verdict for n in "abc"] == ["better", "not resolved at 3 seeds", "better"]
+    # Holm over three: a 3·p_a; c max(3·p_a, 2·p_c) = 2·p_c > 0.05; b max(2·p_c, p_b) = p_b.
+    a, b, c = corrected([rows["a"], rows["b"], rows["c"]])
+    assert (a.holm_p, c.holm_p, b.holm_p) == pytest.approx((3 * p["a"], 2 * p["c"], p["b"]))
+    assert a.verdict == "better" and b.verdict == "not resolved at 3 seeds"
+    assert c.verdict == "not resolved after correction (better per comparison)"
+    assert (c.difference.low, c.difference.high) == (rows["c"].difference.low,
+                                                      rows["c"].difference.high)
+    # A family of one: no correction, the interval's verdict stands.
+    [alone] = corrected([rows["c"]])
+    assert alone.verdict == "better" and alone.holm_p == pytest.approx(p["c"])

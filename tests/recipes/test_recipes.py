@@ -24,7 +24,8 @@ from lm_flipout.model import LanguageModel
 REPO = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO / "recipes"
 SUITES_DIR = RECIPES_DIR / "suites"
-NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps")  # suites, and W&B sweep files
+SPACES_DIR = RECIPES_DIR / "spaces"
+NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps", SPACES_DIR)  # suites, W&B sweeps, spaces
 RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
                  if not any(folder in p.parents for folder in NOT_RECIPES))
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
@@ -187,3 +188,13 @@ def test_table_recipes_use_the_papers_training_setups() -> None:
     assert (awd.model.noise.family, awd.model.noise.p, awd.model.noise.estimator) == \
         ("dropconnect", 0.5, "flipout")
 
+
+
+def test_every_search_space_fits_the_recipe_it_is_named_after() -> None:
+    from lm_flipout.experiments.tuning import read_space
+
+    spaces = sorted(SPACES_DIR.glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        [recipe] = [p for p in RECIPES if p.stem == path.stem]
+        assert read_space(path, load_recipe(recipe)).params
