@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from helpers import mounted_tmpfs, tiny_recipe, write_recipe
+from helpers import REPO, mounted_tmpfs, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.training import Trainer
 from lm_flipout.training.checkpoint import load_checkpoint
@@ -50,7 +50,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one_and_says_how_to_resum
     kept = load_checkpoint(run / "last.pt")["progress"]["step"]
     assert kept == 6
     assert f"The last good checkpoint {run / 'last.pt'} (from step 6) is kept intact" in err
-    assert f"python train.py {path} --resume" in err
+    assert f"{REPO / 'train.py'} {path} --resume" in err
     assert not list(run.glob(".*.tmp"))  # no half-written file left behind
     monkeypatch.setattr(torch, "save", REAL_SAVE)
     assert train.main([str(path), "--resume"]) == 0  # and the run goes on from there
