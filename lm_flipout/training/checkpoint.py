@@ -5,11 +5,11 @@ next to the target and renamed over it, so a crash leaves either the old or the 
 It is read with ``torch.load(weights_only=True)``, so loading never runs code from the file.
 
 Each checkpoint carries the sha256 of its own contents (key ``"sha256"``): every tensor's
-dtype, shape and bytes and every plain value, walked in the dict's order. The digest lives
-inside the file rather than in a sidecar, so a copied checkpoint stays checkable and
-``torch.load(weights_only=True)`` still reads it; it covers the contents rather than the
-file's bytes, because the zip container torch writes is not byte-for-byte reproducible while
-the contents are. PyTorch checks no checksum when it reads tensor data, so a byte flipped
+dtype, shape and bytes and every plain value (`content_digest`, as the token cache). It lives
+inside the file, as an ordinary string entry, so ``torch.load(weights_only=True)`` still
+reads the file and a copy stays checkable without a sidecar file that copies tend to lose; it
+covers the contents rather than the file's bytes, since a digest of a file cannot be stored
+inside that file. PyTorch checks no checksum when it reads tensor data, so a byte flipped
 there would otherwise load silently. `load_checkpoint` refuses a mismatch (CheckpointError
 naming the run's other checkpoint when that one is intact) unless ``allow_corrupt``;
 checkpoints written before the digest existed load unchecked.
@@ -17,7 +17,6 @@ checkpoints written before the digest existed load unchecked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import random
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..data.cache import content_digest
 from ..errors import CheckpointError, first_line
 
 FORMAT_KEY = "format"
@@ -78,44 +78,9 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
     _check_plain(state, "state")
     payload = dict(state)
     payload[FORMAT_KEY] = FORMAT
-    payload[CHECKSUM_KEY] = contents_digest(payload)
+    payload[CHECKSUM_KEY] = content_digest(payload)
     with atomic_write(path) as handle:
         torch.save(payload, handle)
-
-
-def contents_digest(state: Mapping[str, Any]) -> str:
-    """The hex sha256 of a checkpoint's contents: keys, plain values and each tensor's
-    dtype, shape and bytes, in the mapping's order (which torch.save keeps)."""
-    digest = hashlib.sha256()
-    _feed(digest, state)
-    return digest.hexdigest()
-
-
-def _feed(digest: Any, value: Any) -> None:
-    """Add ``value`` to ``digest``, each part tagged with its type, so that different
-    structures cannot give the same byte stream."""
-    if isinstance(value, torch.Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"T{value.dtype}{tuple(value.shape)}:".encode())
-        if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, Mapping):
-        digest.update(f"M{len(value)}:".encode())
-        for key, item in value.items():
-            _feed(digest, key)
-            _feed(digest, item)
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"{type(value).__name__}{len(value)}:".encode())
-        for item in value:
-            _feed(digest, item)
-    elif isinstance(value, (set, frozenset)):  # no order of their own: sort the parts' digests
-        parts = sorted(contents_digest({"": item}) for item in value)
-        digest.update(f"set{len(parts)}:{''.join(parts)}".encode())
-    elif isinstance(value, bytes):
-        digest.update(b"B%d:" % len(value) + value)
-    else:  # None, bool, int, float (repr is exact), str, torch.Size/dtype/device
-        text = repr(value)
-        digest.update(f"{type(value).__name__}{len(text)}:{text}".encode())
 
 
 def load_checkpoint(
@@ -163,7 +128,7 @@ def load_checkpoint(
             f"reads {FORMAT!r}. Load it with the lm_flipout version that wrote it, or retrain."
         )
     stored = state.pop(CHECKSUM_KEY, None)  # absent in checkpoints from before it existed
-    if stored is not None and stored != contents_digest(state):
+    if stored is not None and stored != content_digest(state):
         message = corrupt_message(path)
         if not allow_corrupt:
             raise CheckpointError(message + " To load it anyway, pass "
@@ -207,7 +172,7 @@ def _intact(path: Path) -> bool:
     if not isinstance(state, dict):
         return False
     stored = state.pop(CHECKSUM_KEY, None)
-    return stored is None or stored == contents_digest(state)
+    return stored is None or stored == content_digest(state)
 
 
 def _format_problem(path: Path) -> Optional[str]:
