@@ -21,6 +21,7 @@ from lm_flipout.data.hmm import HMMSpec
 from lm_flipout.data.hmm_corpus import write_corpus
 from lm_flipout.data.local_files import read_local_splits
 from lm_flipout.data.raw import RawSplit
+from lm_flipout.errors import DataError
 
 META = "meta.json"
 log = logging.getLogger(__name__)
@@ -46,10 +47,17 @@ def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
                 return meta
             log.warning("the synthetic corpus in %s no longer matches what was generated "
                         "(%s); generating it again", directory, ", ".join(changed))
-    meta = write_corpus(HMMSpec(seed=cfg.synthetic_seed), directory)
-    meta["sha256"] = {split: file_digest(directory / f"{split}.txt") for split in meta["splits"]}
-    with atomic_write(meta_path) as handle:
-        handle.write(json.dumps(meta, indent=2).encode())
+    try:
+        meta = write_corpus(HMMSpec(seed=cfg.synthetic_seed), directory)
+        meta["sha256"] = {split: file_digest(directory / f"{split}.txt")
+                          for split in meta["splits"]}
+        with atomic_write(meta_path) as handle:
+            handle.write(json.dumps(meta, indent=2).encode())
+    except OSError as err:
+        raise DataError(
+            f"Cannot write the synthetic corpus in {directory}: {err.strerror or err}. Free "
+            "disk space, or set data.cache_dir to a writable directory with room."
+        ) from None
     return meta
 
 

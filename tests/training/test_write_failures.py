@@ -159,3 +159,33 @@ def test_start_and_resume_remove_stale_temporary_files_unless_the_run_is_in_use(
         holder.release()
     Trainer(recipe, run, resume=True, echo=lambda _: None).run()
     assert not stale[0].exists()
+
+
+def test_a_full_disk_while_writing_the_data_cache_is_one_message_and_exit_2(
+        tmp_path, monkeypatch, capsys):
+    def full(obj, f, *args, **kwargs):  # as torch.save fails on a full disk
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:626]") from None
+
+    monkeypatch.setattr(torch, "save", full)
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
+    assert train.main([str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and err.startswith("error: Cannot write the data cache file")
+    assert "No space left on device" in err
+
+
+def test_a_full_disk_while_generating_the_synthetic_corpus_is_a_data_error(tmp_path,
+                                                                          monkeypatch):
+    from lm_flipout.data import DataConfig, synthetic_source
+    from lm_flipout.errors import DataError
+
+    def full(spec, directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synthetic_source, "write_corpus", full)
+    with pytest.raises(DataError, match="Cannot write the synthetic corpus .*No space left"):
+        synthetic_source.ensure_synthetic_corpus(DataConfig(source="synthetic",
+                                                            cache_dir=str(tmp_path)))
