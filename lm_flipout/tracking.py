@@ -8,6 +8,7 @@ Weights & Biases (offline by default), whose own console messages are silenced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,7 +17,7 @@ import secrets
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .config import Recipe, WandbConfig, from_dict, to_dict
 from .errors import UserError, first_line
@@ -85,8 +86,9 @@ class Tracker:
             if key != "event":
                 record[key] = _plain(value, key)
         line = json.dumps(_json_safe(record), allow_nan=False, ensure_ascii=False)
-        self._metrics.write(line + "\n")
-        self._metrics.flush()
+        with self._naming_metrics():
+            self._metrics.write(line + "\n")
+            self._metrics.flush()
         if self.echo is not None:
             self.echo(format_event(record))
         if self.wandb_run is not None:
@@ -100,8 +102,19 @@ class Tracker:
         """The length of metrics.jsonl so far; a checkpoint stores it so that a resume can
         cut off the lines logged after that checkpoint."""
         if not self._metrics.closed:
-            self._metrics.flush()
+            with self._naming_metrics():
+                self._metrics.flush()
         return (self.run_dir / METRICS_FILE).stat().st_size
+
+    @contextlib.contextmanager
+    def _naming_metrics(self) -> Iterator[None]:
+        """A failed write to metrics.jsonl (e.g. a full disk) names the file it failed on."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is None:
+                err.filename = str(self.run_dir / METRICS_FILE)
+            raise
 
     def summary(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Set final values (best validation perplexity, test perplexity, ...) in the W&B run
@@ -116,13 +129,18 @@ class Tracker:
         """Close metrics.jsonl and end the W&B run (safe to call twice).
 
         W&B's service writes the last records in the background; they are on disk once the
-        process exits (wandb's atexit hook) or after ``wandb.teardown()``.
+        process exits (wandb's atexit hook) or after ``wandb.teardown()``. When closing
+        metrics.jsonl fails (its last lines cannot be flushed to a full disk), the W&B run is
+        still ended and then the OSError raised.
         """
-        if not self._metrics.closed:
-            self._metrics.close()
-        if self.wandb_run is not None:
-            run, self.wandb_run = self.wandb_run, None
-            run.finish(exit_code=exit_code)
+        try:
+            if not self._metrics.closed:
+                with self._naming_metrics():
+                    self._metrics.close()
+        finally:
+            if self.wandb_run is not None:
+                run, self.wandb_run = self.wandb_run, None
+                run.finish(exit_code=exit_code)
 
     def __enter__(self) -> Tracker:
         return self

@@ -162,3 +162,22 @@ def train_tiny_run(root: Path, **sections: dict[str, Any]) -> Path:
     finally:
         torch.set_num_threads(before)
     return root / "runs" / "run"
+
+
+def flip_tensor_byte(checkpoint: Path) -> None:
+    """Flip one bit in the middle of the largest tensor's bytes of a torch zip checkpoint, as
+    a failing disk or a bad copy would; the file still loads with torch.load."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        entry = max((info for info in archive.infolist() if "/data/" in info.filename),
+                    key=lambda info: info.file_size)
+    with open(checkpoint, "r+b") as handle:
+        handle.seek(entry.header_offset + 26)  # the local header's name and extra lengths
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        where = entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+        handle.seek(where)
+        byte = handle.read(1)[0]
+        handle.seek(where)
+        handle.write(bytes([byte ^ 0x04]))

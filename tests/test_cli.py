@@ -100,14 +100,35 @@ def test_train_resume_then_overrides_is_one_command(tmp_path: Path,
     assert "  lr: 3.0\n" in out and "  epochs: 7\n" in out
 
 
-def test_resume_command_uses_the_form_the_run_was_started_with() -> None:
+def test_resume_command_uses_the_form_the_run_was_started_with(tmp_path, monkeypatch) -> None:
+    script = tmp_path / "checkout" / "train.py"
+    started_in = tmp_path / "my runs"  # the run was started from another folder
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
+    monkeypatch.setattr(sys, "argv", ["../checkout/train.py", "r.yaml"])
+    cd = f"cd '{started_in}' && "
     one = DistContext()
     assert train.resume_command("train.py", "r.yaml", ["a=1"], one) == (
-        "python train.py r.yaml a=1 --resume")
+        f"{cd}{sys.executable} {script} r.yaml a=1 --resume")
     assert train.resume_command("lm-flipout train", "r.yaml", [], one) == (
-        "lm-flipout train r.yaml --resume")
+        f"{cd}lm-flipout train r.yaml --resume")
     assert train.resume_command("python -m lm_flipout train", "r.yaml", [], one) == (
-        "python -m lm_flipout train r.yaml --resume")
+        f"{cd}{sys.executable} -m lm_flipout train r.yaml --resume")
     four = DistContext(rank=0, world_size=4, local_world_size=4)
     assert train.resume_command("lm-flipout train", "r.yaml", [], four) == (
-        "torchrun --nproc_per_node=4 -m lm_flipout train r.yaml --resume")
+        f"{cd}torchrun --nproc_per_node=4 -m lm_flipout train r.yaml --resume")
+    assert train.resume_command("train.py", "r.yaml", [], four) == (
+        f"{cd}torchrun --nproc_per_node=4 {script} r.yaml --resume")
+
+
+def test_printed_resume_command_works_from_another_folder(tmp_path, monkeypatch) -> None:
+    """The command printed on a stop, run from elsewhere, resumes the very run."""
+    write_recipe(tmp_path / "tiny.yaml",
+                 tiny_recipe(tmp_path, train={"out_dir": "runs", "epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py")])
+    command = train.resume_command("train.py", "tiny.yaml", ["train.epochs=1"], DistContext())
+    done = subprocess.run(command, shell=True, cwd=REPO, env=script_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "run" / "results.json").is_file()

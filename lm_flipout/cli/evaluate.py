@@ -24,7 +24,9 @@ Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokeniz
 word_ppl only where no token became <unk>, else a note says why) and writes it beside the
 checkpoint as <checkpoint>.<split>[.bsN][.mcK].json (bsN when --batch-size is given). Data
 and model are rebuilt from the config stored in the checkpoint; a split whose text changed
-since training is refused unless --allow-changed-data."""
+since training is refused unless --allow-changed-data, and a checkpoint whose contents no
+longer match the checksum stored in it unless --allow-corrupt-checkpoint (the result is then
+marked "checkpoint_corrupt": true)."""
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -49,6 +51,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--allow-changed-data", action="store_true",
                         help="score a split whose text changed since training (warns; not "
                              "comparable)")
+    parser.add_argument("--allow-corrupt-checkpoint", action="store_true",
+                        help="score a checkpoint whose contents no longer match their "
+                             "checksum (warns; the result is marked)")
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="where the data lives, e.g. data.test_file=FILE or "
                              "data.cache_dir=DIR")
@@ -78,7 +83,8 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
                                      if args.data_path else [])
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
                                      args.mc_samples, args.device, overrides,
-                                     args.allow_changed_data)
+                                     args.allow_changed_data,
+                                     allow_corrupt=args.allow_corrupt_checkpoint)
         text = strict_json(result)
         print(text)
         suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")

@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
@@ -32,11 +33,14 @@ come in any order. The run directory is
 <train.out_dir>/<train.run_name> (default checkpoints/<recipe name>, relative to the current
 folder) and holds config.yaml, last.pt, best.pt, metrics.jsonl and results.json. W&B logs
 offline by default (wandb.mode=online to sync, wandb.mode=disabled to skip). Ctrl-C or SIGTERM
-finish the current step, write last.pt and exit; --resume continues exactly where the run
-stopped (on a finished run it only reports the results). A resume may change the training
-length, the checkpoint and log intervals, the device, paths, W&B settings, optim.lr and
-optim.clip. A bare data.path such as `ptb` is a folder under the data root ($LM_FLIPOUT_DATA,
-default ~/.cache/lm_flipout/data); `lm-flipout data fetch ptb` downloads Penn Treebank there.
+finish the current step, write last.pt and exit (during the final scoring they stop at once);
+--resume continues exactly where the run stopped, scoring what is left, and on a finished run
+only reports the results. A last.pt or best.pt whose contents no longer match the checksum
+stored in it is refused unless --allow-corrupt-checkpoint (results.json is then marked). A
+resume may change the training length, the checkpoint and log intervals, the device, paths, W&B
+settings, optim.lr and optim.clip. A bare data.path such as `ptb` is a folder under the data
+root ($LM_FLIPOUT_DATA, default ~/.cache/lm_flipout/data); `lm-flipout data fetch ptb`
+downloads Penn Treebank there.
 
 data parallel (one model, the batch split across processes; batch sizes stay global):
   torchrun --standalone --nproc_per_node=4 train.py RECIPE [key=value ...] [--resume]
@@ -62,6 +66,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="continue the run from its last.pt (starts afresh if there is none)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved recipe as YAML and exit")
+    parser.add_argument("--allow-corrupt-checkpoint", action="store_true",
+                        help="resume from (and score) checkpoints whose contents no longer "
+                             "match their checksum (warns; results.json is marked)")
     return parser
 
 
@@ -71,18 +78,36 @@ def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
 
 
 def resume_command(prog: str, recipe: str, overrides: list[str], ctx: DistContext) -> str:
-    """The command line that continues this run, in the form it was started with."""
+    """The command line that continues this run, in the form it was started with and
+    working as pasted from any folder: it changes to the folder the run was started in
+    (run directories and the recipe's path are relative to it), and names the interpreter and
+    script (``train.py``) that ran."""
     tail = [recipe, *overrides, "--resume"]
+    cd = f"cd {shlex.quote(os.getcwd())} && "
     if not ctx.enabled:
-        command = ["python", prog] if prog.endswith(".py") else shlex.split(prog)
-        return shlex.join([*command, *tail])
-    program = [prog] if prog.endswith(".py") else ["-m", "lm_flipout", "train"]
+        return cd + shlex.join([*_launcher(prog), *tail])
+    program = [_script(prog)] if prog.endswith(".py") else ["-m", "lm_flipout", "train"]
     launch = ["torchrun", f"--nproc_per_node={ctx.local_world_size}"]
     if ctx.num_nodes == 1:
-        return shlex.join([*launch, *program, *tail])
+        return cd + shlex.join([*launch, *program, *tail])
     launch.append(f"--nnodes={ctx.num_nodes}")
-    return (shlex.join([*launch, *program, *tail])
+    return (cd + shlex.join([*launch, *program, *tail])
             + "  (on every node, with the same rendezvous options as before)")
+
+
+def _launcher(prog: str) -> list[str]:
+    """The command that started this process: this interpreter and the script, or the
+    console command (``lm-flipout train``, ``python -m lm_flipout train``)."""
+    if prog.endswith(".py"):
+        return [sys.executable, _script(prog)]
+    words = shlex.split(prog)
+    return [sys.executable, *words[1:]] if words[0] == "python" else words
+
+
+def _script(prog: str) -> str:
+    """The absolute path of the script ``prog`` names, as this process was started with it."""
+    started = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == Path(prog).name else prog
+    return os.path.abspath(started)
 
 
 def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContext,
@@ -108,7 +133,8 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
     from ..training import AlreadyFinished, Interrupted, RunWriteError, Trainer
 
     try:
-        Trainer(recipe, run_dir, resume=args.resume, dist=ctx).run()
+        Trainer(recipe, run_dir, resume=args.resume, dist=ctx,
+                allow_corrupt=args.allow_corrupt_checkpoint).run()
     except AlreadyFinished as done:
         if ctx.is_main:
             shown = ", ".join(f"{key} {done.results[key]:.4g}" for key in ("valid_ppl", "test_ppl")
@@ -119,7 +145,10 @@ def run_training(args: argparse.Namespace, overrides: list[str], ctx: DistContex
         return 0
     except Interrupted as stop:
         if ctx.is_main:
-            if stop.saved:
+            if stop.scoring:
+                what = (f"Stopped during the final scoring; {stop.run_dir / 'last.pt'} holds "
+                        "the finished training, and a resume scores the splits left.")
+            elif stop.saved:
                 what = f"Stopped after writing {stop.run_dir / 'last.pt'}."
             else:
                 what = (f"Stopped at once; {stop.run_dir / 'last.pt'} is the one from the last "

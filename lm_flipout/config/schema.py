@@ -84,10 +84,13 @@ class TrainConfig:
         if not self.out_dir:
             raise ConfigError("train.out_dir is empty. Give the directory that holds run folders.")
         name = self.run_name
-        if name is not None and not is_folder_name(name):
+        problem = None if name is None else folder_name_problem(name)
+        if problem:
             raise ConfigError(
-                f"train.run_name={name!r} cannot be a folder name inside train.out_dir. Use a "
-                "plain name without slashes, or null for the recipe file's name."
+                f"train.run_name={name[:80]!r}{'...' if len(name) > 80 else ''} cannot be a "
+                f"folder name inside train.out_dir: {problem}. A run name is one folder name of "
+                f"at most {MAX_NAME_BYTES} bytes (UTF-8) without slashes or control characters, "
+                "e.g. train.run_name=ptb-medium-flipout-seed2; or null for the recipe file's name."
             )
         check_range("train.checkpoint_every_s", self.checkpoint_every_s, low=0.0)
         check_range("train.checkpoint_every_steps", self.checkpoint_every_steps, low=0)
@@ -96,9 +99,29 @@ class TrainConfig:
         check_range("train.max_steps", self.max_steps, low=0)
 
 
+# The longest file name Linux, macOS and Windows file systems all allow (in bytes).
+MAX_NAME_BYTES = 255
+
+
+def folder_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be one path component (a run directory inside train.out_dir), or
+    None when it can."""
+    if not name or name in (".", ".."):
+        return "it is empty or a special folder (. or ..)"
+    if re.search(r"[/\\]", name):
+        return "it holds a slash"
+    control = re.search(r"[\x00-\x1f\x7f]", name)
+    if control:
+        return f"it holds the control character {control.group()!r}"
+    size = len(name.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"it is {size} bytes long"
+    return None
+
+
 def is_folder_name(name: str) -> bool:
     """Whether ``name`` is one path component (a run directory inside train.out_dir)."""
-    return bool(name) and name not in (".", "..") and not re.search(r"[/\\]", name)
+    return folder_name_problem(name) is None
 
 
 @dataclass

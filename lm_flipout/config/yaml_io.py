@@ -1,6 +1,7 @@
 """Recipe files: reading YAML (a key written twice is an error, tags are refused, and so is a
-document whose aliases expand beyond `MAX_EXPANDED_NODES`) and writing a recipe back; loading
-a recipe with its bases and overrides is `lm_flipout.config.compose`."""
+file larger than `MAX_RECIPE_BYTES` or a document whose aliases expand beyond
+`MAX_EXPANDED_NODES`) and writing a recipe back; loading a recipe with its bases and overrides
+is `lm_flipout.config.compose`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ _UniqueKeyLoader.add_constructor(
 # A recipe has a few hundred values; aliases (`*name`) that expand to more than this many
 # nodes are an "alias bomb" (a few lines that would expand to billions of values).
 MAX_EXPANDED_NODES = 100_000
+# A recipe is a few kilobytes; a file this large is something else (a corpus, a log) and
+# would take long and much memory to parse, so it is refused by its size alone.
+MAX_RECIPE_BYTES = 1 << 20
 
 
 def expanded_size(root: yaml.Node) -> int:
@@ -100,6 +104,13 @@ def read_yaml(path: Union[str, Path]) -> Any:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(
             f"Recipe file {path} {what}. Check the path, e.g. recipes/ptb/<name>.yaml."
+        )
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            f"Recipe file {path} is {size / 2**20:.1f} MiB; recipes are refused above "
+            f"{MAX_RECIPE_BYTES // 2**20} MiB without being parsed (a recipe is a few kilobytes "
+            "of settings). Check that the path names a recipe, not a corpus or a log."
         )
     try:
         text = path.read_text(encoding="utf-8")

@@ -29,10 +29,14 @@ def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
     try:
         with atomic_write(path) as handle:
             write(handle)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save wraps a failed write in RuntimeError
+        cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+        if not isinstance(cause, OSError):
+            raise
         raise DataError(
-            f"Cannot write the data cache file {path}: {err}. Set data.cache_dir (or "
-            "$LM_FLIPOUT_CACHE) to a writable directory."
+            f"Cannot write the data cache file {path}: {cause.strerror or cause}. Free disk "
+            "space, or set data.cache_dir (or $LM_FLIPOUT_CACHE) to a writable directory with "
+            "room."
         ) from None
 
 

@@ -7,19 +7,26 @@ tokenizers); there is no BOS or padding piece. With byte fallback (`data.sp_byte
 the default) a character the pieces do not cover is spelled as its UTF-8 bytes, one piece
 `<0xHH>` each, so no text becomes `<unk>`.
 
-SentencePiece's trainer skips (or, when nothing is left, fails on) sentences longer than
-`MAX_SENTENCE_BYTES`. Longer lines are therefore cut at spaces into training sentences below
-it: this only changes which text the trainer learns its pieces from, never the encoded
-tokens, as every line is still encoded whole."""
+The trainer learns its pieces from a bounded sample, so that any training file trains its
+tokenizer in bounded time: lines are cut at spaces into training sentences of at most
+`TRAINING_SENTENCE_BYTES` (SentencePiece is made for sentences; a file without line breaks
+would otherwise be a few huge ones), and from a split larger than `SAMPLE_BYTES` every k-th
+sentence is taken, evenly over the whole split and the same on every run. This only changes
+which text the trainer learns its pieces from, never the encoded tokens, as every line is
+still encoded whole."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
+import sys
+import time
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from lm_flipout.data.cache import atomic_write_bytes
 from lm_flipout.data.config import DataConfig
@@ -28,7 +35,9 @@ from lm_flipout.errors import DataError
 
 UNK_ID = 0
 EOS_ID = 1
-MAX_SENTENCE_BYTES = 1 << 16
+MAX_SENTENCE_BYTES = 1 << 16  # the longest sentence the trainer is told to accept
+TRAINING_SENTENCE_BYTES = 1 << 12  # lines are cut into training sentences of at most this
+SAMPLE_BYTES = 64 << 20  # the most training text the pieces are learnt from
 
 
 def _import_sentencepiece() -> Any:
@@ -45,7 +54,14 @@ def _import_sentencepiece() -> Any:
 def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
     """Train on the normalized training lines and return the serialized model."""
     spm = _import_sentencepiece()
-    sentences = (part for words in lines if words for part in training_sentences(words))
+    sample, total = training_sample(lines, SAMPLE_BYTES, TRAINING_SENTENCE_BYTES)
+    size = sum(len(s.encode("utf-8")) for s in sample)
+    share = "all of it" if size == total else f"an even sample of the {_mib(total)}"
+    print(f"SentencePiece: learning {cfg.sp_vocab_size} {cfg.sp_model_type} pieces from "
+          f"{len(sample):,} sentences ({_mib(size)}, {share}) of {origin} ...", file=sys.stderr)
+    sentences = iter(tqdm(sample, desc="SentencePiece: reading", unit=" sentences",
+                          leave=False, mininterval=1.0, disable=None))
+    started = time.monotonic()
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -90,7 +106,32 @@ def train_model(lines: list[list[str]], cfg: DataConfig, origin: str) -> bytes:
             f"SentencePiece training on {origin} failed: {err}. Check data.sp_model_type, "
             "data.sp_vocab_size and data.sp_character_coverage."
         ) from None
+    print(f"SentencePiece: done in {time.monotonic() - started:.0f} s.", file=sys.stderr)
     return buffer.getvalue()
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def training_sample(lines: list[list[str]], limit: int,
+                    sentence_bytes: int) -> tuple[list[str], int]:
+    """The training sentences the pieces are learnt from: ``lines`` cut into sentences of at
+    most ``sentence_bytes``, every k-th of them when they hold more than ``limit`` bytes; and
+    the UTF-8 size of all of them before sampling."""
+    sentences = [part for words in lines if words
+                 for part in training_sentences(words, sentence_bytes)]
+    total = sum(len(s.encode("utf-8")) for s in sentences)
+    if total <= limit:
+        return sentences, total
+    step = math.ceil(total / limit)
+    sample, size = [], 0
+    for sentence in sentences[::step]:
+        size += len(sentence.encode("utf-8"))
+        if size > limit:
+            break
+        sample.append(sentence)
+    return sample, total
 
 
 def training_sentences(words: list[str], limit: int = MAX_SENTENCE_BYTES) -> list[str]:

@@ -3,12 +3,17 @@
 the cache root) and then read as local files.
 
 ``meta.json`` beside the splits is written last and marks a complete corpus; it also holds
-the Bayes-optimal perplexity of each split, the floor no model can beat."""
+the Bayes-optimal perplexity of each split, the floor no model can beat, and the sha256 of
+each split file. A split whose file no longer matches (an edit, a damaged disk), or a corpus
+from before the digests were recorded, is generated again: the optimal perplexities belong to
+the generated text only."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 from lm_flipout.atomic import atomic_write
@@ -17,8 +22,10 @@ from lm_flipout.data.hmm import HMMSpec
 from lm_flipout.data.hmm_corpus import write_corpus
 from lm_flipout.data.local_files import read_local_splits
 from lm_flipout.data.raw import RawSplit
+from lm_flipout.errors import DataError
 
 META = "meta.json"
+log = logging.getLogger(__name__)
 
 
 def synthetic_dir(cfg: DataConfig) -> Path:
@@ -32,13 +39,53 @@ def ensure_synthetic_corpus(cfg: DataConfig) -> dict:
     meta_path = directory / META
     if meta_path.is_file():
         try:
-            return json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
-            pass  # unreadable marker: regenerate below
-    meta = write_corpus(HMMSpec(seed=cfg.synthetic_seed), directory)
-    with atomic_write(meta_path) as handle:
-        handle.write(json.dumps(meta, indent=2).encode())
+            meta = None  # unreadable marker: regenerate below
+        if isinstance(meta, dict):
+            changed = changed_files(directory, meta)
+            if not changed:
+                return meta
+            log.warning("the synthetic corpus in %s no longer matches what was generated "
+                        "(%s); generating it again", directory, ", ".join(changed))
+    try:
+        meta = write_corpus(HMMSpec(seed=cfg.synthetic_seed), directory)
+        meta["sha256"] = {split: file_digest(directory / f"{split}.txt")
+                          for split in meta["splits"]}
+        with atomic_write(meta_path) as handle:
+            handle.write(json.dumps(meta, indent=2).encode())
+    except OSError as err:
+        raise DataError(
+            f"Cannot write the synthetic corpus in {directory}: {err.strerror or err}. Free "
+            "disk space, or set data.cache_dir to a writable directory with room."
+        ) from None
     return meta
+
+
+def file_digest(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def changed_files(directory: Path, meta: dict) -> list[str]:
+    """Why the corpus in ``directory`` is not the one ``meta`` describes: the split files
+    that are missing or differ from their recorded sha256 ("no checksums recorded" for a
+    corpus written before they were)."""
+    digests = meta.get("sha256")
+    if not isinstance(digests, dict) or not digests:
+        return ["no checksums recorded"]
+    changed = []
+    for split, recorded in digests.items():
+        path = directory / f"{split}.txt"
+        if not path.is_file():
+            changed.append(f"{path.name} is missing")
+        elif file_digest(path) != recorded:
+            changed.append(f"{path.name} changed")
+    return changed
 
 
 def read_synthetic_splits(cfg: DataConfig) -> dict[str, RawSplit]:

@@ -3,6 +3,16 @@
 A checkpoint is a dict of state dicts and plain data. It is written to a temporary file
 next to the target and renamed over it, so a crash leaves either the old or the new file.
 It is read with ``torch.load(weights_only=True)``, so loading never runs code from the file.
+
+Each checkpoint carries the sha256 of its own contents (key ``"sha256"``): every tensor's
+dtype, shape and bytes and every plain value (`content_digest`, as the token cache). It lives
+inside the file, as an ordinary string entry, so ``torch.load(weights_only=True)`` still
+reads the file and a copy stays checkable without a sidecar file that copies tend to lose; it
+covers the contents rather than the file's bytes, since a digest of a file cannot be stored
+inside that file. PyTorch checks no checksum when it reads tensor data, so a byte flipped
+there would otherwise load silently. `load_checkpoint` refuses a mismatch (CheckpointError
+naming the run's other checkpoint when that one is intact) unless ``allow_corrupt``;
+checkpoints written before the digest existed load unchecked.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +30,14 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..data.cache import content_digest
 from ..errors import CheckpointError, first_line
 
 FORMAT_KEY = "format"
 FORMAT = "lm_flipout/1"
+CHECKSUM_KEY = "sha256"
+# Set (True) in a state that `load_checkpoint` read despite a checksum mismatch.
+CORRUPT_KEY = "checksum_mismatch"
 
 PathLike = Union[str, os.PathLike]
 
@@ -63,17 +78,22 @@ def save_checkpoint(state: Mapping[str, Any], path: PathLike) -> None:
     _check_plain(state, "state")
     payload = dict(state)
     payload[FORMAT_KEY] = FORMAT
+    payload[CHECKSUM_KEY] = content_digest(payload)
     with atomic_write(path) as handle:
         torch.save(payload, handle)
 
 
 def load_checkpoint(
-    path: PathLike, map_location: Union[str, torch.device, None] = "cpu"
+    path: PathLike, map_location: Union[str, torch.device, None] = "cpu", *,
+    allow_corrupt: bool = False,
 ) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (without the format marker).
+    """Read a checkpoint written by `save_checkpoint` (without the format marker and digest).
 
-    Every way the file can be unusable (missing, truncated, not a torch file, foreign objects,
-    another program's checkpoint) is a CheckpointError that names the file and what to do.
+    The one loader every command uses. Every way the file can be unusable (missing,
+    truncated, not a torch file, foreign objects, another program's checkpoint, contents
+    that no longer match their sha256) is a CheckpointError that names the file and what to
+    do. With ``allow_corrupt`` a checksum mismatch only warns (on stderr) and the returned
+    state holds ``CORRUPT_KEY: True``, so that callers can mark what they compute from it.
     """
     path = Path(path)
     if not path.exists():
@@ -107,8 +127,52 @@ def load_checkpoint(
             f"Checkpoint {path} has format {state[FORMAT_KEY]!r}, but this version of lm_flipout "
             f"reads {FORMAT!r}. Load it with the lm_flipout version that wrote it, or retrain."
         )
+    stored = state.pop(CHECKSUM_KEY, None)  # absent in checkpoints from before it existed
+    if stored is not None and stored != content_digest(state):
+        message = corrupt_message(path)
+        if not allow_corrupt:
+            raise CheckpointError(message + " To load it anyway, pass "
+                                  "--allow-corrupt-checkpoint; what is computed from it is "
+                                  "then marked.")
+        print(f"warning: {message} Loading it anyway (--allow-corrupt-checkpoint); results "
+              "computed from it are marked \"checkpoint_corrupt\": true.", file=sys.stderr)
+        state[CORRUPT_KEY] = True
     del state[FORMAT_KEY]
     return state
+
+
+def corrupt_message(path: Path) -> str:
+    """Why ``path`` was refused, and which of the run's checkpoints (best.pt, last.pt)
+    beside it is intact."""
+    other = path.with_name("last.pt" if path.name == "best.pt" else "best.pt")
+    if other == path or not other.is_file():
+        alternative = ("No other checkpoint of the run is beside it; restore the file from a "
+                       "backup or train again.")
+    elif not _intact(other):
+        alternative = (f"The run's other checkpoint {other} is damaged too; restore them from "
+                       "a backup or train again.")
+    elif other.name == "best.pt":
+        alternative = (f"The run's {other} is intact: evaluate that one (a run resumes only "
+                       "from last.pt, so restore last.pt from a backup or start a new run "
+                       "under another train.run_name to train further).")
+    else:
+        alternative = (f"The run's {other} is intact: use that one (evaluating it scores the "
+                       "latest weights rather than the best epoch's).")
+    return (f"Checkpoint {path} changed on disk after it was written: its contents no longer "
+            f"match the sha256 stored in it (a flipped bit, a damaged copy or an edit). "
+            f"{alternative}")
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` loads and matches its checksum."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable file counts as damaged here
+        return False
+    if not isinstance(state, dict):
+        return False
+    stored = state.pop(CHECKSUM_KEY, None)
+    return stored is None or stored == content_digest(state)
 
 
 def _format_problem(path: Path) -> Optional[str]:

@@ -2,7 +2,8 @@
 
 Setup builds data, model and optimizer (from last.pt on ``--resume``: a resumed run repeats
 an uninterrupted one exactly on CPU); each epoch trains, validates, steps the schedule and
-saves; the end scores best.pt on both evaluation splits and writes results.json.
+saves; the end scores best.pt on both evaluation splits and writes results.json. A stop
+signal during that scoring stops at once; a resume scores the splits that were left.
 
 Checkpoints are written by `CheckpointWriting` (lm_flipout.training.saving).
 
@@ -28,7 +29,9 @@ from ..errors import CheckpointError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from ..nn import detach_state
+from ..tracking import METRICS_FILE
 from .batches import run_batches
+from .checkpoint import CORRUPT_KEY
 from .distributed import (
     DistContext,
     broadcast_module,
@@ -59,7 +62,18 @@ from .resume import (
     restore_rng,
     restore_training,
 )
-from .run_dir import BEST_FILE, LAST_FILE, RESULTS_FILE, NullTracker, open_run_dir, write_results
+from .run_dir import (
+    BEST_FILE,
+    LAST_FILE,
+    PARTIAL_FILE,
+    RESULTS_FILE,
+    NullTracker,
+    open_run_dir,
+    read_partial_scores,
+    remove_stale_temporaries,
+    write_partial_scores,
+    write_results,
+)
 from .run_lock import RunLock
 from .saving import CheckpointWriting
 from .schedules import Schedule
@@ -76,14 +90,17 @@ class Trainer(CheckpointWriting):
     epoch's validation metrics, ends training early (as early stopping does) by returning
     True; a hyperparameter search prunes trials with it.
     Raises `AlreadyFinished` for ``resume`` on a finished run, TrainingError for a fresh
-    start in a directory that holds a run, CheckpointError for an unusable last.pt.
+    start in a directory that holds a run, CheckpointError for an unusable last.pt (or one
+    whose checksum does not match, unless ``allow_corrupt``: results.json is then marked
+    ``"checkpoint_corrupt": true``).
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False,
                  echo: Callable[[str], None] = print,
-                 dist: Optional[DistContext] = None,
+                 dist: Optional[DistContext] = None, allow_corrupt: bool = False,
                  on_epoch_end: Optional[Callable[[int, dict], bool]] = None) -> None:
         self.dist = dist or DistContext()
+        self.allow_corrupt = allow_corrupt
         self.on_epoch_end = on_epoch_end
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.echo = echo if self.dist.is_main else (lambda message: None)
@@ -103,7 +120,9 @@ class Trainer(CheckpointWriting):
     def _build(self, recipe: Recipe, resume: bool) -> None:
         """Everything the recipe describes, built while holding the run's lock."""
         last = on_main(self.dist,  # fail before slow work
-                       lambda: checked_last(self.run_dir, resume, self.dist.world_size))
+                       lambda: checked_last(self.run_dir, resume, self.dist.world_size,
+                                            self.allow_corrupt))
+        on_main(self.dist, lambda: remove_stale_temporaries(self.run_dir))  # we hold the lock
         self.git_rev = git_revision()  # the code this process runs, even if the tree changes
         self.device = select_device(recipe.train.device, self.dist)
         seed_everything(recipe.train.seed, recipe.train.deterministic)
@@ -128,6 +147,7 @@ class Trainer(CheckpointWriting):
             self.optimizer, self.progress, self.carried = restore_training(
                 last, recipe, self.model, self.schedule, self.dist, self.device, self.last_path)
             self._saved_step = self.progress.step
+            self.progress.checkpoint_corrupt |= bool(last.get(CORRUPT_KEY))
             self.echo(f"Resuming {self.run_dir} at epoch {self.progress.epoch}, step "
                       f"{self.progress.step}.")
         elif resume:
@@ -165,6 +185,7 @@ class Trainer(CheckpointWriting):
         the W&B run is closed in every case.
         """
         exit_code = 1
+        failed = True  # an error is on its way out: a second one must not replace it
         try:
             with self.stop.catching_signals(), self._guarded(self.run_dir):
                 self._run_start, self._wall_before = time.monotonic(), self.progress.wall_seconds
@@ -181,14 +202,27 @@ class Trainer(CheckpointWriting):
                         break
                 self._update_wall_time()
                 results = self._final_results()
-            exit_code = 0
+            exit_code, failed = 0, False
         except Interrupted as stop:
             exit_code = 128 + stop.signum
             raise
         finally:
-            self.tracker.finish(exit_code=exit_code)
-            self.lock.release()
+            try:
+                self._finish_tracker(exit_code, failed)
+            finally:
+                self.lock.release()
         return results
+
+    def _finish_tracker(self, exit_code: int, failed: bool) -> None:
+        """Close metrics.jsonl and W&B. Closing flushes, so on a full disk it fails again:
+        after an error that is already reported, that second failure is dropped; otherwise it
+        is a RunWriteError like any failed write."""
+        try:
+            with self._guarded(self.run_dir / METRICS_FILE):
+                self.tracker.finish(exit_code=exit_code)
+        except Exception:
+            if not failed:
+                raise
 
     def _epochs_left(self) -> bool:
         cfg, progress = self.recipe.train, self.progress
@@ -294,21 +328,35 @@ class Trainer(CheckpointWriting):
         return metrics
 
     def _final_results(self) -> dict:
-        """Score best.pt on both evaluation splits; write and return results.json's content."""
-        on_main(self.dist, lambda: load_best_weights(self.model, self.best_path, self.device))
+        """Score best.pt on both evaluation splits; write and return results.json's content.
+
+        A signal stops the scoring at once; each split's scores are kept as soon as they are
+        known (scores.partial.json), so that a resume scores only the splits left."""
+        corrupt = on_main(self.dist, lambda: load_best_weights(
+            self.model, self.best_path, self.device, self.allow_corrupt))
         broadcast_module(self.dist, self.model)  # rank 0 read best.pt
+        key = {"step": self.progress.step, "best_epoch": self.progress.best_epoch}
+        # data parallel every rank scores every split (collectives), so nothing is reused
+        scored = {} if self.dist.enabled else read_partial_scores(self.run_dir, key)
         results: dict = {}
-        for split in ("valid", "test"):
-            results.update(self._evaluate(split))
+        with self.stop.stopping_at_once():
+            for split in ("valid", "test"):
+                if split not in scored:
+                    scored[split] = self._evaluate(split)
+                    on_main(self.dist, lambda: write_partial_scores(self.run_dir, key, scored))
+                results.update(scored[split])
         if self.corpus.tokenizer == "word":
             results = {k: v for k, v in results.items() if not k.endswith("_word_ppl")}
         results.update(optimal_perplexities(self.recipe))
         results.update(eval_protocol(self.recipe.data))
         results.update(run_facts(self.progress, self.model.num_parameters(), self.device,
                                  self.dist.world_size, self.git_rev))
+        if corrupt or self.progress.checkpoint_corrupt:
+            results["checkpoint_corrupt"] = True
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             with self._guarded(self.run_dir / RESULTS_FILE):
                 write_results(self.run_dir, results)
+                (self.run_dir / PARTIAL_FILE).unlink(missing_ok=True)
         self.echo(results_line(results, self.run_dir / RESULTS_FILE))
         return results

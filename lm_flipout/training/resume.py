@@ -40,20 +40,21 @@ def _processes(count: int) -> str:
     return "a single process" if count == 1 else f"{count} data-parallel processes"
 
 
-def checked_last(run_dir: Path, resume: bool, world_size: int) -> Optional[dict[str, Any]]:
+def checked_last(run_dir: Path, resume: bool, world_size: int,
+                 allow_corrupt: bool = False) -> Optional[dict[str, Any]]:
     """Check the run directory (see `check_run_dir`); with ``resume`` return its checked
-    last.pt, or None when there is none yet."""
+    last.pt, or None when there is none yet (``allow_corrupt``: see `load_checkpoint`)."""
     check_run_dir(run_dir, resume)
     path = run_dir / LAST_FILE
     if not (resume and path.exists()):
         return None
-    return read_last(path, world_size)
+    return read_last(path, world_size, allow_corrupt)
 
 
-def read_last(path: Path, world_size: int) -> dict[str, Any]:
+def read_last(path: Path, world_size: int, allow_corrupt: bool = False) -> dict[str, Any]:
     """Load ``last.pt`` and check that this run (of ``world_size`` processes) can continue
     from it; CheckpointError otherwise."""
-    state = load_checkpoint(path, map_location="cpu")
+    state = load_checkpoint(path, map_location="cpu", allow_corrupt=allow_corrupt)
     missing = [key for key in LAST_KEYS if key not in state]
     if not missing and not isinstance(state["config"], dict):
         missing = ["a config mapping"]

@@ -3,13 +3,16 @@
 It holds config.yaml, last.pt, best.pt, metrics.jsonl and, once the run has finished,
 results.json. A fresh start refuses a directory that holds a run; ``--resume`` on a finished
 run trains nothing (`AlreadyFinished`); a resume cuts metrics.jsonl back to what last.pt
-knows about. Only rank 0 touches the directory.
+knows about. While the final scoring runs, scores.partial.json keeps the splits scored so far,
+so that a resume after a stop scores only the rest. Only rank 0 touches the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +25,12 @@ RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"
 LAST_FILE = "last.pt"
 BEST_FILE = "best.pt"
+PARTIAL_FILE = "scores.partial.json"
+# The temporary files `atomic_write` leaves when killed while writing a run file.
+_STALE_TEMPORARY = re.compile(
+    r"\.(?:%s)\.[A-Za-z0-9_]+\.tmp" % "|".join(
+        re.escape(name) for name in (LAST_FILE, BEST_FILE, RESULTS_FILE, CONFIG_FILE,
+                                     PARTIAL_FILE)))
 
 
 class AlreadyFinished(Exception):
@@ -104,6 +113,39 @@ def open_run_dir(run_dir: Path, recipe: Recipe, resumed: bool, metrics_bytes: in
         with open(metrics, "r+b") as handle:
             handle.truncate(metrics_bytes)  # drop lines logged after last.pt
     return Tracker(run_dir, recipe, resume=resumed)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of run files (``.last.pt.XXXX.tmp`` ...) that a killed
+    write left in ``run_dir``; returns them. Call it only while holding the run's lock, as
+    the files of a process still writing would look the same."""
+    removed = []
+    if run_dir.is_dir():
+        for path in run_dir.iterdir():
+            if _STALE_TEMPORARY.fullmatch(path.name) and path.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def read_partial_scores(run_dir: Path, key: dict[str, Any]) -> dict[str, dict]:
+    """The splits scored by an earlier, stopped final scoring of the same training state
+    (``key``), by split name; empty when there are none or they belong to another state."""
+    try:
+        saved = json.loads((run_dir / PARTIAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return {}
+    scores = saved.get("scores")
+    return dict(scores) if isinstance(scores, dict) else {}
+
+
+def write_partial_scores(run_dir: Path, key: dict[str, Any], scores: dict[str, dict]) -> None:
+    """Keep the splits scored so far (see `read_partial_scores`)."""
+    with atomic_write(run_dir / PARTIAL_FILE) as handle:
+        handle.write(json.dumps({"key": key, "scores": scores}).encode() + b"\n")
 
 
 def write_config(run_dir: Path, recipe: Recipe) -> None:

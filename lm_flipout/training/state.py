@@ -26,7 +26,7 @@ from ..data.corpus import Corpus
 from ..errors import CheckpointError, TrainingError
 from ..model import LanguageModel
 from ..nn.lstm import State
-from .checkpoint import load_checkpoint
+from .checkpoint import CORRUPT_KEY, load_checkpoint
 from .distributed import DistContext
 from .optimizers import averaged_weights
 from .schedules import Schedule
@@ -56,6 +56,7 @@ class Progress:
     log_nll: float = 0.0  # summed training loss since the last "train" log line
     log_tokens: int = 0  # training tokens since the last "train" log line
     log_seconds: float = 0.0  # time spent in training steps since the last "train" log line
+    checkpoint_corrupt: bool = False  # resumed from a last.pt that failed its checksum
 
     def count_step(self, loss: float, tokens: int, seconds: float, position: int) -> None:
         """Account for one optimizer step on ``tokens`` targets; ``position`` is where the
@@ -184,12 +185,14 @@ def first_nonfinite_weight(model: LanguageModel) -> Optional[str]:
     return None
 
 
-def load_best_weights(model: LanguageModel, best_path: Path, device: torch.device) -> None:
-    """Load best.pt's weights into ``model``; TrainingError when no epoch has finished."""
+def load_best_weights(model: LanguageModel, best_path: Path, device: torch.device,
+                      allow_corrupt: bool = False) -> bool:
+    """Load best.pt's weights into ``model``; TrainingError when no epoch has finished.
+    Returns whether best.pt failed its checksum (loaded only with ``allow_corrupt``)."""
     if not best_path.exists():
         raise TrainingError(f"No best.pt in {best_path.parent}: no epoch finished, so there is "
                             "nothing to evaluate. Train for at least one epoch.")
-    best = load_checkpoint(best_path, map_location=device)
+    best = load_checkpoint(best_path, map_location=device, allow_corrupt=allow_corrupt)
     try:
         model.load_state_dict(best["model"])
     except (KeyError, RuntimeError) as err:
@@ -197,3 +200,4 @@ def load_best_weights(model: LanguageModel, best_path: Path, device: torch.devic
             f"{best_path} does not hold this run's model ({type(err).__name__}). It was "
             "replaced or damaged; start a new run under another train.run_name."
         ) from None
+    return bool(best.get(CORRUPT_KEY))

@@ -2,9 +2,11 @@
 checkpoints, and a diverged loss.
 
 A first SIGINT or SIGTERM lets the current step finish and last.pt be written; a second one
-stops at once. Data parallel, the ranks agree after every step, in one small all-reduce, on
-the step's loss, on a stop signal and on a checkpoint that rank 0's clock asks for, so they
-all stop and save after the same step.
+stops at once. During the final scoring, when last.pt already holds the finished training, the
+first one stops at once: ``--resume`` then scores the splits that were not scored yet. Data
+parallel, the ranks agree after every step, in one small all-reduce, on the step's loss, on a
+stop signal and on a checkpoint that rank 0's clock asks for, so they all stop and save after
+the same step.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from .write_failures import kept_checkpoints
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived. With ``saved`` the current step was finished and ``last.pt``
     written; without it (a second signal) the run stopped at once and ``last.pt`` is the one
-    from the last regular save."""
+    from the last regular save. ``scoring``: it came during the final scoring, which stopped
+    at once (last.pt holds the finished training)."""
 
-    def __init__(self, signum: int, run_dir: Path, saved: bool = True) -> None:
+    def __init__(self, signum: int, run_dir: Path, saved: bool = True,
+                 scoring: bool = False) -> None:
         super().__init__(signum)
-        self.signum, self.run_dir, self.saved = signum, run_dir, saved
+        self.signum, self.run_dir, self.saved, self.scoring = signum, run_dir, saved, scoring
 
 
 class StopControl:
@@ -43,6 +47,7 @@ class StopControl:
         self._agreed: Optional[int] = None  # data parallel: the one all ranks act on
         self._agreed_due = False  # data parallel: rank 0's clock asks for a checkpoint
         self._last_save = time.monotonic()
+        self._at_once = False  # a signal stops at once (the final scoring)
 
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
@@ -57,11 +62,28 @@ class StopControl:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    @contextlib.contextmanager
+    def stopping_at_once(self) -> Iterator[None]:
+        """Within the block (the final scoring, with last.pt up to date) a signal stops the
+        run at once instead of after the current step."""
+        if self._received is not None:
+            raise Interrupted(self._received, self.run_dir, scoring=True)
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
+
     def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._at_once:
+            self._received = signum
+            self.echo(f"\n{name} received during the final scoring: stopping now. last.pt "
+                      "holds the finished training; --resume scores the splits left.")
+            raise Interrupted(signum, self.run_dir, scoring=True)
         if self._received is not None:  # a second signal: stop now, without saving
             raise Interrupted(signum, self.run_dir, saved=False)
         self._received = signum
-        name = signal.Signals(signum).name
         self.echo(f"\n{name} received: finishing the current step and writing last.pt "
                   f"(send it again to stop at once).")
 

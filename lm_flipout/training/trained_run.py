@@ -15,19 +15,21 @@ from ..data.corpus import Corpus
 from ..errors import CheckpointError, DataError, UserError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
-from .checkpoint import load_checkpoint
+from .checkpoint import CORRUPT_KEY, load_checkpoint
 from .data_match import MOVED_HINT, check_split_unchanged, relocate_data
 from .environment import select_device
 from .optimizers import averaged_weights, build_optimizer
 
 
-def load_trained_run(path: str, data_overrides: Sequence[str] = ()
-                     ) -> tuple[dict, Recipe, Corpus, LanguageModel]:
+def load_trained_run(path: str, data_overrides: Sequence[str] = (), *,
+                     allow_corrupt: bool = False) -> tuple[dict, Recipe, Corpus, LanguageModel]:
     """Rebuild what a checkpoint written by train.py describes: its raw state, the recipe
     stored in it (``data_overrides`` may say where the data lives now, e.g.
     ``data.path=DIR``), the corpus (vocabulary checked against the checkpoint's) and the
-    model on the CPU with the checkpoint's weights. Every mismatch is a clear UserError."""
-    state, recipe = _checkpoint_recipe(path, data_overrides)
+    model on the CPU with the checkpoint's weights. Every mismatch is a clear UserError;
+    ``allow_corrupt`` loads a checkpoint whose checksum does not match (see
+    `load_checkpoint`)."""
+    state, recipe = _checkpoint_recipe(path, data_overrides, allow_corrupt)
     try:
         corpus = load_corpus(recipe.data)
     except DataError as err:
@@ -36,11 +38,12 @@ def load_trained_run(path: str, data_overrides: Sequence[str] = ()
     return state, recipe, corpus, _model_of(state, recipe, path)
 
 
-def load_trained_model(path: str) -> tuple[dict, Recipe, LanguageModel]:
+def load_trained_model(path: str, *, allow_corrupt: bool = False
+                       ) -> tuple[dict, Recipe, LanguageModel]:
     """The raw state, stored recipe and model of a checkpoint, without reading the corpus
     (for generating text and exporting). A last.pt taken while NT-ASGD was averaging holds
     the averaged weights in the model, as evaluation scores it."""
-    state, recipe = _checkpoint_recipe(path, ())
+    state, recipe = _checkpoint_recipe(path, (), allow_corrupt)
     model = _model_of(state, recipe, path)
     optimizer = _averaging_optimizer(state, recipe, model, path)
     if optimizer is not None:
@@ -50,8 +53,9 @@ def load_trained_model(path: str) -> tuple[dict, Recipe, LanguageModel]:
     return state, recipe, model
 
 
-def _checkpoint_recipe(path: str, data_overrides: Sequence[str]) -> tuple[dict, Recipe]:
-    state = load_checkpoint(path, map_location="cpu")
+def _checkpoint_recipe(path: str, data_overrides: Sequence[str], allow_corrupt: bool
+                       ) -> tuple[dict, Recipe]:
+    state = load_checkpoint(path, map_location="cpu", allow_corrupt=allow_corrupt)
     missing = [key for key in ("model", "config", "vocab") if key not in state]
     if missing or not isinstance(state.get("config"), dict):
         raise CheckpointError(
@@ -97,6 +101,7 @@ def _misfit(path: str, err: Exception) -> Exception:
 def evaluate_checkpoint(
     path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
     device: str = "auto", data_overrides: Sequence[str] = (), allow_changed_data: bool = False,
+    allow_corrupt: bool = False,
 ) -> dict:
     """Rebuild data and model from a checkpoint's own config and score one split.
 
@@ -105,9 +110,11 @@ def evaluate_checkpoint(
     otherwise; ``data.eval_protocol`` says whether the state carries across the split.
     ``data_overrides`` say where the data lives now; a split whose text changed since training
     is refused (DataError) unless ``allow_changed_data``, which warns and marks the result
-    ``"data_changed": true``. A last.pt taken after NT-ASGD started averaging is scored with
-    the averaged weights, as training evaluates it. Bits per character and word perplexity are
-    left out, with a ``note`` saying why, where tokens became ``<unk>``."""
+    ``"data_changed": true``; likewise ``allow_corrupt`` scores a checkpoint whose checksum
+    does not match, marked ``"checkpoint_corrupt": true``. A last.pt taken after NT-ASGD
+    started averaging is scored with the averaged weights, as training evaluates it. Bits per
+    character and word perplexity are left out, with a ``note`` saying why, where tokens became
+    ``<unk>``."""
     if split not in ("valid", "test"):
         raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
@@ -115,7 +122,8 @@ def evaluate_checkpoint(
     if isinstance(mc_samples, bool) or mc_samples < 0:
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
     target = select_device(device)
-    state, recipe, corpus, model = load_trained_run(path, data_overrides)
+    state, recipe, corpus, model = load_trained_run(path, data_overrides,
+                                                    allow_corrupt=allow_corrupt)
     changed = check_split_unchanged(state, corpus, split, path, allow_changed_data)
     if batch_size is not None:
         recipe.data.eval_batch_size = recipe.data.test_batch_size = batch_size
@@ -145,5 +153,7 @@ def evaluate_checkpoint(
         result["note"] = undefined_char_metrics_note(corpus, (split,))
     if changed:
         result["data_changed"] = True
+    if state.get(CORRUPT_KEY):
+        result["checkpoint_corrupt"] = True
     return result
 

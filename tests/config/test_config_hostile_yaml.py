@@ -73,3 +73,20 @@ def test_a_recipe_file_name_that_is_not_a_folder_name_is_refused(tmp_path):
         load_recipe(path)
     assert "gives the run name '..'" in str(caught.value)
     assert load_recipe(path, ["train.run_name=fine"]).train.run_name == "fine"
+
+
+def test_a_large_recipe_file_is_refused_by_its_size_without_being_parsed(tmp_path, monkeypatch):
+    from lm_flipout.config import yaml_io
+
+    def no_parsing(text):
+        raise AssertionError("a file over the size limit was parsed")
+
+    path = tmp_path / "big.yaml"
+    # valid YAML that loads as a recipe (a long comment), a little over the limit
+    path.write_text("train:\n  epochs: 2\n# " + "x" * yaml_io.MAX_RECIPE_BYTES + "\n")
+    monkeypatch.setattr(yaml_io, "_parse", no_parsing)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    text = str(caught.value)
+    assert f"Recipe file {path} is 1.0 MiB" in text and "without being parsed" in text
+    assert "alias" not in text

@@ -88,3 +88,32 @@ def test_the_default_sections_pass_their_checks() -> None:
     for section in (recipe.model, recipe.model.noise, recipe.data, recipe.optim, recipe.train,
                     recipe.wandb):
         section.validate()
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("r" * 300, "it is 300 bytes long"),
+    ("é" * 128, "it is 256 bytes long"),  # 128 characters, but two bytes each
+    ("line\nbreak", r"the control character '\n'"),
+    ("tab\there", r"the control character '\t'"),
+    ("bell\x07", r"the control character '\x07'"),
+])
+def test_run_names_that_cannot_be_folders_are_refused_with_the_rule(name, problem) -> None:
+    cfg = TrainConfig(run_name=name)
+    with pytest.raises(ConfigError) as caught:
+        cfg.validate()
+    text = str(caught.value)
+    assert problem in text and "at most 255 bytes" in text
+    assert "e.g. train.run_name=ptb-medium-flipout-seed2" in text and len(text) < 600
+    TrainConfig(run_name="é" * 127 + "x").validate()  # 255 bytes: the longest allowed
+
+
+def test_a_long_run_name_is_refused_before_anything_is_created(tmp_path, capsys) -> None:
+    import yaml
+
+    from lm_flipout.cli import train
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {"out_dir": str(tmp_path / "runs")},
+                                      "wandb": {"mode": "disabled"}}))
+    assert train.main([str(recipe), "train.run_name=" + "n" * 300]) == 2
+    assert "255 bytes" in capsys.readouterr().err and not (tmp_path / "runs").exists()

@@ -170,3 +170,36 @@ def test_words_are_readable_and_distinct():
 def test_invalid_spec_is_a_config_error(overrides):
     with pytest.raises(ConfigError):
         HMMSpec(**overrides)
+
+
+def test_an_edited_synthetic_corpus_is_generated_again(tmp_path, monkeypatch, caplog) -> None:
+    import functools
+    import json
+
+    from lm_flipout.data import synthetic_source
+    from lm_flipout.data.config import DataConfig
+
+    small = functools.partial(synthetic_source.write_corpus,
+                              sizes={"train": 3000, "valid": 500, "test": 500},
+                              entropy_tokens=2000)
+    monkeypatch.setattr(synthetic_source, "write_corpus", small)
+    cfg = DataConfig(source="synthetic", cache_dir=str(tmp_path))
+    meta = synthetic_source.ensure_synthetic_corpus(cfg)
+    folder = synthetic_source.synthetic_dir(cfg)
+    original = (folder / "test.txt").read_bytes()
+    assert set(meta["sha256"]) == {"train", "valid", "test"}
+
+    (folder / "test.txt").write_bytes(original.replace(b" ", b"  ", 1))  # one edit
+    splits = synthetic_source.read_synthetic_splits(cfg)
+    assert (folder / "test.txt").read_bytes() == original  # the text its optimum belongs to
+    assert "test.txt changed" in caplog.text
+    assert splits["test"].text() == original.decode()
+
+    caplog.clear()
+    stored = json.loads((folder / "meta.json").read_text())
+    del stored["sha256"]  # a corpus written before the checksums: generated again, once
+    (folder / "meta.json").write_text(json.dumps(stored))
+    synthetic_source.ensure_synthetic_corpus(cfg)
+    assert "no checksums recorded" in caplog.text
+    caplog.clear()
+    assert synthetic_source.ensure_synthetic_corpus(cfg) == meta and not caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -66,6 +68,8 @@ def test_the_synthetic_corpus_in_a_relative_cache_dir_is_not_looked_for_in_the_d
     folder.mkdir(parents=True)
     for split in ("train", "valid", "test"):
         (folder / f"{split}.txt").write_text("1 2 3\n")
-    (folder / "meta.json").write_text("{}")
+    digest = hashlib.sha256(b"1 2 3\n").hexdigest()
+    (folder / "meta.json").write_text(json.dumps(
+        {"sha256": {split: digest for split in ("train", "valid", "test")}}))
     splits = read_synthetic_splits(cfg)
     assert splits["train"].origin == str(tmp_path / folder / "train.txt")

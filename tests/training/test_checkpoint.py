@@ -218,3 +218,64 @@ def test_truncated_multi_tensor_checkpoint_is_reported_as_truncated(tmp_path):
         path.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match="truncated or corrupted"):
             load_checkpoint(path)
+
+
+def test_a_flipped_byte_in_tensor_data_is_refused_naming_the_intact_other_checkpoint(
+        tmp_path: Path) -> None:
+    from helpers import flip_tensor_byte
+
+    state = small_state()
+    save_checkpoint(state, tmp_path / "best.pt")
+    save_checkpoint(state, tmp_path / "last.pt")
+    flip_tensor_byte(tmp_path / "best.pt")
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)  # torch itself notices nothing
+    tensors = [*state["model"].values(),
+               *(s["momentum_buffer"] for s in state["optimizer"]["state"].values())]
+    loaded = [*raw["model"].values(),
+              *(s["momentum_buffer"] for s in raw["optimizer"]["state"].values())]
+    assert sum(not torch.equal(a, b) for a, b in zip(tensors, loaded)) == 1
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(tmp_path / "best.pt")
+    text = str(caught.value)
+    assert f"Checkpoint {tmp_path / 'best.pt'} changed on disk" in text
+    assert f"{tmp_path / 'last.pt'} is intact" in text and "--allow-corrupt-checkpoint" in text
+    assert checkpoint.CORRUPT_KEY not in load_checkpoint(tmp_path / "last.pt")
+
+
+def test_a_changed_plain_value_is_refused_and_both_damaged_is_said(tmp_path: Path) -> None:
+    for name in ("best.pt", "last.pt"):
+        save_checkpoint(small_state(), tmp_path / name)
+        edited = torch.load(tmp_path / name, weights_only=True)
+        edited["epoch"] = 4  # the stored digest still describes epoch 3
+        torch.save(edited, tmp_path / name)
+    with pytest.raises(CheckpointError, match="is damaged too"):
+        load_checkpoint(tmp_path / "last.pt")
+
+
+def test_allow_corrupt_loads_with_a_warning_and_marks_the_state(tmp_path: Path, capsys) -> None:
+    from helpers import flip_tensor_byte
+
+    save_checkpoint(small_state(), tmp_path / "last.pt")
+    flip_tensor_byte(tmp_path / "last.pt")
+    state = load_checkpoint(tmp_path / "last.pt", allow_corrupt=True)
+    assert state[checkpoint.CORRUPT_KEY] is True and "model" in state
+    assert "warning:" in capsys.readouterr().err
+    assert "No other checkpoint of the run" in checkpoint.corrupt_message(tmp_path / "last.pt")
+
+
+def test_checkpoints_from_before_the_checksum_still_load(tmp_path: Path) -> None:
+    state = small_state()
+    torch.save({**state, checkpoint.FORMAT_KEY: checkpoint.FORMAT}, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert set(loaded) == set(state) and torch.equal(loaded["model"]["weight"],
+                                                     state["model"]["weight"])
+
+
+def test_the_digest_sees_every_kind_of_value_and_ignores_storage_layout() -> None:
+    base = {"w": torch.arange(6.0).reshape(2, 3), "n": 1, "f": 0.1, "s": "a", "t": (1, 2),
+            "b": True, "x": None, "raw": b"\x00"}
+    digest = checkpoint.content_digest(base)
+    assert checkpoint.content_digest({**base, "w": base["w"].t().contiguous().t()}) == digest
+    for change in ({"w": base["w"].reshape(3, 2)}, {"w": base["w"].double()}, {"n": True},
+                   {"f": 0.1 + 2 ** -56}, {"s": "b"}, {"t": (1, 3)}, {"x": 0}, {"raw": b"\x01"}):
+        assert checkpoint.content_digest({**base, **change}) != digest, change

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 
 import pytest
 
-from helpers import mounted_tmpfs, run_script, start_script, tiny_recipe, write_recipe
+from helpers import REPO, mounted_tmpfs, run_script, start_script, tiny_recipe, write_recipe
 from lm_flipout.config import Recipe, from_dict
 from lm_flipout.errors import TrainingError
 from lm_flipout.training import Trainer
@@ -95,7 +96,8 @@ def test_ctrl_c_while_the_corpus_loads_exits_130_with_one_line(tmp_path, monkeyp
     path = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
     assert train.main([str(path)]) == 130
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Start again with: python train.py" in err
+    assert len(err.splitlines()) == 1 and "Start again with: cd " in err
+    assert f"{sys.executable} {REPO / 'train.py'} {path} --resume" in err
     assert not (tmp_path / "runs").exists()
 
 
