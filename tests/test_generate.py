@@ -116,3 +116,18 @@ def test_a_bad_checkpoint_is_a_one_paragraph_error(tmp_path, capsys) -> None:
     err = " ".join(err.split())
     assert "truncated or corrupted" in err and "does not exist" in err
     assert "neither an exported model (it has no config.json) nor a checkpoint" in err
+
+
+def test_a_checkpoint_changed_on_disk_is_refused_by_generate_and_export(
+        tiny_trained_run, tmp_path, capsys) -> None:
+    from helpers import flip_tensor_byte
+
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes((tiny_trained_run("char") / "best.pt").read_bytes())
+    flip_tensor_byte(damaged)
+    assert main(["generate", str(damaged), "--tokens", "3", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(damaged) in err and "Traceback" not in err
+    assert main(["export", str(damaged), str(tmp_path / "out")]) == 2
+    assert str(damaged) in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
