@@ -1,6 +1,7 @@
 """Speed and memory of the perturbed LSTM against ``torch.nn.LSTM``.
 
     lm-flipout bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
+    lm-flipout bench --contend          # thread choices with one core kept busy
 
 For each shape and variant it times forward+backward of the LSTM stack alone and a full
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
@@ -9,6 +10,11 @@ on a shared machine hits them alike; every figure is also given as a ratio to
 ``torch.nn.LSTM``: the median over repeats of the ratio within one repeat. Memory: on CUDA
 the peak allocated during a training step; on CPU (which has no allocator statistics) the
 bytes of tensors saved for backward, i.e. the activation memory of the step.
+
+``--contend`` instead times a training step of ``torch.nn.LSTM`` and of our flipout layer at
+one thread, at all cores and at the count ``auto`` chooses, while a helper process it starts
+(and always stops) keeps one core busy; ``--threads-table`` does the same on the machine as it
+is.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ SHAPES = {
     "ptb-small": Shape(2, 200, 20, 35, 10_000),
     "ptb-medium": Shape(2, 650, 40, 35, 10_000),
     "char": Shape(1, 1000, 32, 100, 50),
+    "tiny": Shape(1, 32, 4, 10, 100),  # a quick check that the command works
 }
 
 # variant name -> the `ModelConfig` settings of its regularizer (None: torch.nn.LSTM itself)

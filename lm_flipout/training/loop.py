@@ -104,8 +104,7 @@ class Trainer(CheckpointWriting):
         self.git_rev = git_revision()  # the code this process runs, even if the tree changes
         self.device = select_device(recipe.train.device, self.dist)
         self.threads = ThreadChooser(recipe.train.threads, self.device,
-                                     processes_sharing(self.dist.local_world_size),
-                                     on_choice=self._report_threads)
+                                     processes_sharing(self.dist.local_world_size))
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
         recipe.model.vocab_size = self.corpus.vocab_size
@@ -274,7 +273,7 @@ class Trainer(CheckpointWriting):
         else:  # each rank scores its columns of valid; test is scored whole
             batch = data.test_batch_size if work == "test" else data.eval_batch_size // ranks
             step = scoring_step(self.model, data.bptt, batch, self.device)
-        self.threads.use(work, step)
+        self.threads.use(work, step, self._report_threads)
 
     def _report_threads(self, work: str, choice: ThreadChoice,
                         previous: Optional[ThreadChoice]) -> None:

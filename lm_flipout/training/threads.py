@@ -105,17 +105,13 @@ class ThreadChooser:
 
     ``setting`` is ``auto`` or a count (``key`` names where it came from, for the reports);
     ``processes`` is how many processes divide the machine's cores. ``timer`` (seconds) is
-    injectable so that tests can decide what is fast. ``on_choice(work, choice, previous)``
-    hears of every choice made.
+    injectable so that tests can decide what is fast.
     """
 
     def __init__(self, setting: Setting, device: torch.device, processes: int = 1,
-                 key: str = "train.threads",
-                 on_choice: Callable[[str, ThreadChoice, Optional[ThreadChoice]], None] = (
-                     lambda work, choice, previous: None),
-                 timer: Callable[[], float] = time.perf_counter, repeats: int = 3,
-                 environ: Optional[Mapping[str, str]] = None) -> None:
-        self.setting, self.timer, self.repeats, self.on_choice = setting, timer, repeats, on_choice
+                 key: str = "train.threads", timer: Callable[[], float] = time.perf_counter,
+                 repeats: int = 3, environ: Optional[Mapping[str, str]] = None) -> None:
+        self.setting, self.timer, self.repeats = setting, timer, repeats
         self.cores = max(machine_cores() // max(processes, 1), 1)
         self.choices: dict[str, ThreadChoice] = {}
         self._made_at: dict[str, float] = {}
@@ -136,12 +132,17 @@ class ThreadChooser:
             self.fixed = ThreadChoice(1, f"one core for this process of {processes}"
                                          if processes > 1 else "one core")
 
-    def use(self, work: str, step: Callable[[], None]) -> ThreadChoice:
+    def use(self, work: str, step: Callable[[], None],
+            on_choice: Optional[Callable[[str, ThreadChoice, Optional[ThreadChoice]], None]]
+            = None) -> ThreadChoice:
         """Set the thread count for ``work``: the fixed one, a fresh earlier choice, or the
-        fastest of the candidate counts timed on ``step`` now."""
+        fastest of the candidate counts timed on ``step`` now, which ``on_choice(work, new,
+        previous)`` then hears of."""
         choice = self.fixed or self.choices.get(work)
         if choice is None or (self.fixed is None and self._aged(work)):
-            choice = self._time(work, step)
+            previous, choice = self.choices.get(work), self._time(work, step)
+            if on_choice is not None:
+                on_choice(work, choice, previous)
         torch.set_num_threads(choice.threads)
         return choice
 
@@ -156,10 +157,9 @@ class ThreadChooser:
         now = self.timer()
         self._made_at[work], self._cost[work] = now, now - started
         self.timings += 1
-        previous, self.choices[work] = self.choices.get(work), choice
+        self.choices[work] = choice
         if work == "training":
             self._steps, self._reference = [], None
-        self.on_choice(work, choice, previous)
         return choice
 
     def drifted(self, seconds: float) -> bool:

@@ -75,9 +75,8 @@ def test_time_counts_takes_the_median_of_rotated_rounds(one_thread):
 def test_auto_uses_the_fastest_count_and_reports_it(auto_env):
     heard = []
     clock = StepClock({1: 0.5, 2: 0.2, 4: 0.9})
-    chooser = ThreadChooser("auto", CPU, timer=clock,
-                            on_choice=lambda *args: heard.append(args))
-    choice = chooser.use("training", lambda: None)
+    chooser = ThreadChooser("auto", CPU, timer=clock)
+    choice = chooser.use("training", lambda: None, lambda *args: heard.append(args))
     assert (choice.threads, choice.how, torch.get_num_threads()) == (2, "timed", 2)
     assert choice.timings_ms == pytest.approx({1: 500.0, 2: 200.0, 4: 900.0})
     assert heard == [("training", choice, None)]
