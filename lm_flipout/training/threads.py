@@ -46,8 +46,8 @@ def processes_sharing(local_world_size: int = 1,
     """How many training processes share this machine's cores: torchrun's processes on it,
     times LM_FLIPOUT_PROCESSES (ignored unless a whole number >= 1)."""
     text = (os.environ if environ is None else environ).get(PROCESSES_VARIABLE, "1").strip()
-    others = int(text) if text.isdigit() and int(text) >= 1 else 1
-    return max(local_world_size, 1) * others
+    runs = int(text) if text.isdigit() and int(text) >= 1 else 1
+    return max(local_world_size, 1) * runs
 
 
 def candidate_counts(cores: int) -> list[int]:
