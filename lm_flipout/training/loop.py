@@ -284,8 +284,8 @@ class Trainer(CheckpointWriting):
             self.echo(choice.line(work))
 
     # -- evaluation ----------------------------------------------------------------------
-    def _evaluate(self, split: str, mc_samples: int = 0) -> tuple[dict, float]:
-        """The split's metrics, and the seconds its scoring took."""
+    def _evaluate(self, split: str, mc_samples: int = 0) -> dict:
+        """The split's metrics, with the seconds its scoring took (``<split>_s``)."""
         self._use_threads(split)
         batches = self.eval_batches[split]
         started = time.monotonic()
@@ -296,15 +296,14 @@ class Trainer(CheckpointWriting):
         if split != "test":  # each rank scored its columns; the test split is scored whole
             nll, tokens = sum_across_ranks(self.dist, nll, tokens)
         metrics = split_metrics(nll, int(tokens), self.corpus.splits[split], split)
-        return metrics, time.monotonic() - started
+        return {**metrics, f"{split}_s": time.monotonic() - started}
 
     def _end_epoch(self) -> None:
         """Validate (NT-ASGD: with the averaged weights), step the schedule, log and save."""
         progress = self.progress
         with averaged_weights(self.model, self.optimizer):
-            metrics, seconds = self._evaluate("valid")
-        progress.valid_seconds += seconds
-        metrics["valid_s"] = seconds
+            metrics = self._evaluate("valid")
+        progress.valid_seconds += metrics["valid_s"]
         problem = validation_divergence(metrics["valid_loss"], self.corpus.vocab_size)
         if problem:
             raise self._diverged(f"{problem} after step {progress.step}")
@@ -327,9 +326,8 @@ class Trainer(CheckpointWriting):
         broadcast_module(self.dist, self.model)  # rank 0 read best.pt
         results: dict = {}
         for split in ("valid", "test"):
-            metrics, seconds = self._evaluate(split)
-            self.echo(f"scored {split} with best.pt in {seconds:.1f} s")
-            results.update(metrics, **{f"{split}_s": seconds})
+            results.update(self._evaluate(split))
+            self.echo(f"scored {split} with best.pt in {results[f'{split}_s']:.1f} s")
         self.progress.valid_seconds += results["valid_s"]
         results["valid_s"] = self.progress.valid_seconds  # every epoch's validation too
         self._update_wall_time()  # the whole run, its final scoring included
