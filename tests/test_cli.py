@@ -108,3 +108,12 @@ def test_resume_command_uses_the_form_the_run_was_started_with() -> None:
     four = DistContext(rank=0, world_size=4, local_world_size=4)
     assert train.resume_command("lm-flipout train", "r.yaml", [], four) == (
         "torchrun --nproc_per_node=4 -m lm_flipout train r.yaml --resume")
+
+
+def test_threads_option_takes_auto_or_a_positive_count(capsys: pytest.CaptureFixture) -> None:
+    assert evaluate.parse_args(["best.pt"]).threads == "auto"
+    assert evaluate.parse_args(["best.pt", "--threads", "3"]).threads == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["best.pt", f"--threads={bad}"])
+        assert "is not a thread count; use auto" in capsys.readouterr().err

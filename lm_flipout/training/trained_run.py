@@ -84,6 +84,10 @@ def evaluate_checkpoint(
         raise UserError(f"batch size {batch_size!r} must be a positive integer.")
     if isinstance(mc_samples, bool) or mc_samples < 0:
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool)
+                              or threads < 1):
+        raise UserError(f"threads={threads!r} must be auto (the fastest count, timed) or a "
+                        "whole number of threads >= 1.")
     target = select_device(device)
     state, recipe, corpus, model = load_trained_run(path, data_overrides)
     changed = check_split_unchanged(state, corpus, split, path, allow_changed_data)

@@ -15,6 +15,7 @@ import evaluate
 from helpers import train_tiny_run
 from lm_flipout.config import Recipe, recipe_from_dict
 from lm_flipout.data import load_corpus, make_batches
+from lm_flipout.errors import UserError
 from lm_flipout.evaluation import total_nll
 from lm_flipout.model import LanguageModel
 from lm_flipout.training import evaluate_checkpoint, threads, trained_run
@@ -96,6 +97,8 @@ def test_auto_threads_score_like_one_thread_and_are_reported(trained, monkeypatc
         "1", "2"}
     assert timed["threads"]["threads"] == 1 and timed["seconds"] > 0
     assert torch.get_num_threads() == 1
+    with pytest.raises(UserError, match="threads=0 must be auto"):
+        evaluate_checkpoint(best, device="cpu", threads=0)
 
 
 def test_mc_samples_average_noisy_predictions(trained) -> None:
