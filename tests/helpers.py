@@ -60,7 +60,7 @@ def tiny_recipe(root: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         },
         "optim": {"name": "adam", "lr": 0.01, "clip": 1.0},
         "train": {"epochs": 3, "seed": 7, "out_dir": str(root / "runs"), "run_name": "run",
-                  "log_every": 5, "checkpoint_every_s": 0},
+                  "log_every": 5, "checkpoint_every_s": 0, "threads": 1},
         "wandb": {"mode": "disabled"},
     }
     for section, values in sections.items():

@@ -132,3 +132,12 @@ def test_printed_resume_command_works_from_another_folder(tmp_path, monkeypatch)
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "run" / "results.json").is_file()
+
+
+def test_threads_option_takes_auto_or_a_positive_count(capsys: pytest.CaptureFixture) -> None:
+    assert evaluate.parse_args(["best.pt"]).threads == "auto"
+    assert evaluate.parse_args(["best.pt", "--threads", "3"]).threads == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["best.pt", f"--threads={bad}"])
+        assert "is not a thread count; use auto" in capsys.readouterr().err

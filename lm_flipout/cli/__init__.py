@@ -7,6 +7,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from typing import Union
 
 from ..errors import UserError
 
@@ -16,6 +17,24 @@ def fail(error: UserError) -> int:
     text = textwrap.fill(str(error), width=100, break_long_words=False, break_on_hyphens=False)
     print(f"error: {text}", file=sys.stderr)
     return 2
+
+
+def thread_setting(text: str) -> Union[int, str]:
+    """The value of ``--threads``: ``auto`` or a whole number >= 1."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a thread count; use auto or a whole "
+                                     "number >= 1")
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N|auto`` for a command that runs a model on the CPU."""
+    parser.add_argument("--threads", type=thread_setting, default="auto", metavar="N|auto",
+                        help="CPU threads: a number, or auto (default): the fastest count, "
+                             "timed on a few steps of this model (OMP_NUM_THREADS, when set, "
+                             "is used as given)")
 
 
 INTERRUPTED_AT_START = "\nInterrupted during start-up; nothing was changed."

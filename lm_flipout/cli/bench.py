@@ -14,6 +14,8 @@ import torch
 
 from ..experiments import bench
 from ..experiments.bench import SHAPES
+from ..experiments.bench_threads import format_thread_choices, measure_thread_choices
+from ..experiments.contention import one_core_busy
 from . import parse_in_any_order
 
 PROG = "lm-flipout bench"
@@ -23,8 +25,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The argument parser of the bench command."""
     parser = argparse.ArgumentParser(prog=prog, description=bench.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="default: cuda when available (cpu for --contend and "
+                             "--threads-table)")
     parser.add_argument("--shapes", default="ptb-small,ptb-medium,char",
                         help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
@@ -37,6 +40,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--bidirectional", action="store_true",
                         help="time bidirectional stacks")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
+    parser.add_argument("--contend", action="store_true",
+                        help="step times at 1 thread, all cores and auto, for torch.nn.LSTM and "
+                             "ours, while a helper process keeps one core busy (CPU)")
+    parser.add_argument("--threads-table", action="store_true",
+                        help="the same table as --contend without the helper process")
     return parser
 
 
@@ -47,21 +55,52 @@ def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
         parser.error(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    if args.device is None:
+        on_cpu = args.contend or args.threads_table or not torch.cuda.is_available()
+        args.device = "cpu" if on_cpu else "cuda"
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
+    if (args.contend or args.threads_table) and args.device != "cpu":
+        parser.error("--contend and --threads-table time CPU threads; use --device cpu")
     return args
 
 
 def main(argv: Sequence[str], prog: str = PROG) -> int:
     """Entry point: measure every shape, print the tables and write the JSON file."""
     args = parse_args(argv, prog)
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     layout = bench.StackLayout(args.batch_first, args.bidirectional)
     results = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
                "machine": platform.processor() or platform.machine(),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "command": " ".join([prog, *argv]), "layout": asdict(layout), "shapes": {}}
+    if args.contend:
+        with one_core_busy() as helper:
+            results["helper_pid"] = helper.pid
+            thread_choices(args, device, results, contended=True)
+    elif args.threads_table:
+        thread_choices(args, device, results, contended=False)
+    else:
+        all_variants(args, device, results, layout)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def thread_choices(args: argparse.Namespace, device: torch.device, results: dict,
+                   contended: bool) -> None:
+    """The thread-choice table of every shape, printed and added to ``results``."""
+    results.update(threads="1, all, auto", contended=contended)
+    for name in args.shapes.split(","):
+        measured = measure_thread_choices(SHAPES[name], device, args.warmup, args.repeats)
+        results["shapes"][name] = measured
+        print(format_thread_choices(name, SHAPES[name], measured, contended), "\n", flush=True)
+
+
+def all_variants(args: argparse.Namespace, device: torch.device, results: dict,
+                 layout: bench.StackLayout) -> None:
+    """Every variant's speed and memory, and the matrix products, of every shape."""
+    torch.set_num_threads(args.threads)
     for name in args.shapes.split(","):
         rows = bench.measure_shape(SHAPES[name], device, args.warmup, args.repeats,
                                    args.independent_limit_gib, layout)
@@ -72,6 +111,3 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
         products = bench.measure_products(SHAPES[name], device, args.warmup, args.repeats)
         results.setdefault("products", {})[name] = products
         print(bench.format_products(products), "\n", flush=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.json}")
-    return 0

@@ -39,8 +39,8 @@ by default checkpoints/<recipe name>; for a row with overrides, <recipe name>-<l
 seeds, each (row, seed k) is its own run with train.seed=k in that directory + "-seed<k>", its
 W&B run tagged seed:<k>. A row's overrides apply before those given here. A run with
 results.json is finished and skipped; one that another process is training (its run.lock) is
-skipped too, so two compare processes on one suite share its runs (on a CPU, give each a share
-of the cores: OMP_NUM_THREADS=1 for two processes on two cores); one with last.pt is resumed;
+skipped too, so two compare processes on one suite share its runs (on a CPU, their runs divide
+the cores between them: see train.threads); one with last.pt is resumed;
 the others start. Every run gets wandb.group=<the suite's group>, then the
 overrides given here. A run that fails is reported and the others still run; Ctrl-C stops the
 suite after the current run has saved last.pt, and the same command later resumes it. Options

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
-from . import fail, parse_in_any_order
+from . import add_threads_option, fail, parse_in_any_order
 
 PROG = "lm-flipout evaluate"
 
@@ -21,7 +22,8 @@ EPILOG = """examples:
   {prog} checkpoints/quickstart/best.pt --data-path ~/data/ptb   # the data moved
 
 Prints a JSON object (split, ppl, bpc, tokens, and word_ppl for non-word tokenizers; bpc and
-word_ppl only where no token became <unk>, else a note says why) and writes it beside the
+word_ppl only where no token became <unk>, else a note says why; the scoring's seconds and
+its thread choice) and writes it beside the
 checkpoint as <checkpoint>.<split>[.bsN][.mcK].json (bsN when --batch-size is given). Data
 and model are rebuilt from the config stored in the checkpoint; a split whose text changed
 since training is refused unless --allow-changed-data, and a checkpoint whose contents no
@@ -45,6 +47,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                              "(default: 0, mean weights)")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_threads_option(parser)
     parser.add_argument("--data-path", metavar="DIR",
                         help="where the data lives now (sets data.path; default: the stored "
                              "recipe's)")
@@ -83,8 +86,12 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
                                      if args.data_path else [])
         result = evaluate_checkpoint(args.checkpoint, args.split, args.batch_size,
                                      args.mc_samples, args.device, overrides,
-                                     args.allow_changed_data,
+                                     args.allow_changed_data, threads=args.threads,
                                      allow_corrupt=args.allow_corrupt_checkpoint)
+        threads = result["threads"]
+        print(f"scored {args.split} in {result['seconds']:.1f} s on {threads['threads']} "
+              f"thread{'s' if threads['threads'] > 1 else ''} ({threads['how']})",
+              file=sys.stderr)
         text = strict_json(result)
         print(text)
         suffix = (f".{args.split}" + (f".bs{args.batch_size}" if args.batch_size else "")

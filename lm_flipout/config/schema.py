@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from ..checks import check_range
 from ..data import DataConfig
@@ -64,6 +64,9 @@ class TrainConfig:
     seed: int = 1111
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # CPU threads: auto = the fastest count, timed on a few steps of the run's own model at
+    # the start and again now and then (lm_flipout.training.threads); or a number
+    threads: Union[int, Literal["auto"]] = "auto"
     out_dir: str = "checkpoints"
     run_name: Optional[str] = None  # default: the recipe file's stem (set by load_recipe)
     checkpoint_every_s: float = 60.0  # write last.pt at least this often within an epoch
@@ -81,6 +84,9 @@ class TrainConfig:
                 f"train.device={self.device!r} is not a device. Use auto (CUDA when available), "
                 "cpu, cuda, cuda:N (e.g. cuda:1) or mps."
             )
+        if self.threads != "auto":
+            check_range("train.threads", self.threads, low=1,
+                        hint="Use auto to choose the fastest count by timing a few steps.")
         if not self.out_dir:
             raise ConfigError("train.out_dir is empty. Give the directory that holds run folders.")
         name = self.run_name

@@ -2,6 +2,7 @@
 
     lm-flipout bench [--device cpu|cuda] [--shapes ptb-small,ptb-medium,char]
                      [--batch-first] [--bidirectional]
+    lm-flipout bench --contend          # thread choices with one core kept busy
 
 For each shape and variant it times forward+backward of the LSTM stack alone and a full
 language-model training step (embedding, LSTM, tied decoder, loss, SGD step), as medians
@@ -14,6 +15,11 @@ bytes of tensors saved for backward, i.e. the activation memory of the step.
 ``--batch-first`` and ``--bidirectional`` time the stacks in that layout, each variant against
 ``torch.nn.LSTM`` with the same flags; a language model has no such layout, so these runs
 time the stack alone and give the memory of its forward+backward.
+
+``--contend`` instead times a training step of ``torch.nn.LSTM`` and of our flipout layer at
+one thread, at all cores and at the count ``auto`` chooses, while a helper process it starts
+(and always stops) keeps one core busy; ``--threads-table`` does the same on the machine as it
+is.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ SHAPES = {
     "ptb-small": Shape(2, 200, 20, 35, 10_000),
     "ptb-medium": Shape(2, 650, 40, 35, 10_000),
     "char": Shape(1, 1000, 32, 100, 50),
+    "tiny": Shape(1, 32, 4, 10, 100),  # a quick check that the command works
 }
 
 # variant name -> the `ModelConfig` settings of its regularizer (None: torch.nn.LSTM itself)

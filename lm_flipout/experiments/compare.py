@@ -8,7 +8,10 @@ the others down, and the command that trains a row is exactly the one a user wou
 reproduce it. The cost is a few seconds of start-up per run.
 
 Whether a run is finished, or being trained by another process (its run lock), is checked
-just before it would start, so two ``compare`` processes on one suite share its runs.
+just before it would start, so two ``compare`` processes on one suite share its runs. Each
+run is told (LM_FLIPOUT_PROCESSES) how many of the suite's runs train on this machine at its
+start, itself included, so that they divide the cores between them (see
+`lm_flipout.training.threads`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
 
 from ..training.run_lock import lock_holder
+from ..training.threads import PROCESSES_VARIABLE
 from .suite import PlannedRun
 
 # The folder that holds this lm_flipout package: the training subprocesses import the same copy.
@@ -50,7 +55,7 @@ def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]
         args = train_command(run)
         print(f"[{i}/{len(runs)}] {run.name}: {how} in {run.run_dir}\n  "
               f"{shlex.join(['python', '-m', 'lm_flipout', 'train', *args])}", flush=True)
-        status, signum = _train(args)
+        status, signum = _train(args, processes=1 + _training_here(runs))
         if signum is not None:
             print(f"Suite stopped during {run.name}. Run the same command again to resume it "
                   "(finished runs are skipped).", file=sys.stderr)
@@ -65,9 +70,16 @@ def train_unfinished(runs: list[PlannedRun], failed: list[str]) -> Optional[int]
     return None
 
 
-def _train(args: list[str]) -> tuple[int, Optional[int]]:
-    """Run ``lm-flipout train ARGS`` in a new interpreter; returns its exit status and the
-    signal that stopped the suite, if any.
+def _training_here(runs: list[PlannedRun]) -> int:
+    """How many of ``runs`` a process on this machine is training now."""
+    here = f" on host {socket.gethostname()}"
+    return sum(1 for run in runs if (lock_holder(run.run_dir) or "").endswith(here))
+
+
+def _train(args: list[str], processes: int = 1) -> tuple[int, Optional[int]]:
+    """Run ``lm-flipout train ARGS`` in a new interpreter, one of ``processes`` training on
+    this machine (unless LM_FLIPOUT_PROCESSES is set already); returns its exit status and
+    the signal that stopped the suite, if any.
 
     Ctrl-C reaches the child from the terminal itself (same process group), so SIGINT is
     only noted here; SIGTERM, sent to this process alone, is passed on. Either way the child
@@ -77,6 +89,7 @@ def _train(args: list[str]) -> tuple[int, Optional[int]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                       env.get("PYTHONPATH")]))
+    env.setdefault(PROCESSES_VARIABLE, str(processes))
     proc = subprocess.Popen([sys.executable, "-m", "lm_flipout", "train", *args], env=env)
 
     def on_signal(signum: int, frame: object) -> None:

@@ -29,6 +29,7 @@ from ..errors import CheckpointError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from ..nn import detach_state
+from ..progress import shown_progress
 from ..tracking import METRICS_FILE
 from .batches import run_batches
 from .checkpoint import CORRUPT_KEY
@@ -79,6 +80,7 @@ from .saving import CheckpointWriting
 from .schedules import Schedule
 from .state import Progress, load_best_weights
 from .stopping import Interrupted, StopControl, validation_divergence
+from .threads import ThreadChoice, ThreadChooser, processes_sharing, scoring_step, training_step
 
 
 class Trainer(CheckpointWriting):
@@ -125,6 +127,8 @@ class Trainer(CheckpointWriting):
         on_main(self.dist, lambda: remove_stale_temporaries(self.run_dir))  # we hold the lock
         self.git_rev = git_revision()  # the code this process runs, even if the tree changes
         self.device = select_device(recipe.train.device, self.dist)
+        self.threads = ThreadChooser(recipe.train.threads, self.device,
+                                     processes_sharing(self.dist.local_world_size))
         seed_everything(recipe.train.seed, recipe.train.deterministic)
         self.corpus = main_first(self.dist, lambda: load_corpus(recipe.data))
         recipe.model.vocab_size = self.corpus.vocab_size
@@ -184,14 +188,17 @@ class Trainer(CheckpointWriting):
         Raises `Interrupted` after SIGINT/SIGTERM and TrainingError when the loss diverges;
         the W&B run is closed in every case.
         """
-        exit_code = 1
+        exit_code, threads_before = 1, torch.get_num_threads()
         failed = True  # an error is on its way out: a second one must not replace it
         try:
             with self.stop.catching_signals(), self._guarded(self.run_dir):
                 self._run_start, self._wall_before = time.monotonic(), self.progress.wall_seconds
                 self.echo(f"Training on {self.device} with {self.model.num_parameters():,} "
                           f"parameters; run directory {self.run_dir}")
+                if self.threads.fixed is not None:
+                    self.echo(self.threads.fixed.line("every step"))
                 while self._epochs_left():
+                    self._use_threads("training")  # timed again at an epoch's start if aged
                     self._train_epoch()
                     self._update_wall_time()
                     metrics = self._end_epoch()
@@ -208,6 +215,7 @@ class Trainer(CheckpointWriting):
             raise
         finally:
             try:
+                torch.set_num_threads(threads_before)  # the process's own count again
                 self._finish_tracker(exit_code, failed)
             finally:
                 self.lock.release()
@@ -251,7 +259,10 @@ class Trainer(CheckpointWriting):
                 loss, tokens, grad_norm, lr = self._train_step(batch)
                 position = (batch.position + batch.inputs.shape[0] if batches.carries_state
                             else batch.position + 1)
-                progress.count_step(loss, tokens, time.monotonic() - started, position)
+                seconds = time.monotonic() - started
+                progress.count_step(loss, tokens, seconds, position)
+                if self.threads.drifted(seconds):
+                    self._use_threads("training")
                 if progress.step % cfg.log_every == 0:
                     bar.set_postfix(**log_train(self.tracker, progress, lr, grad_norm))
                 if self.stop.requested() is not None:
@@ -295,14 +306,40 @@ class Trainer(CheckpointWriting):
     def _update_wall_time(self) -> None:
         self.progress.wall_seconds = self._wall_before + time.monotonic() - self._run_start
 
+    # -- threads -------------------------------------------------------------------------
+    def _use_threads(self, work: str) -> None:
+        """Set the thread count for "training", "valid" or "test" (see `ThreadChooser`),
+        timing the work's own steps at the run's batch shape when a choice is due."""
+        data, ranks = self.recipe.data, self.dist.world_size
+        if work == "training":
+            step = training_step(self.model, data.bptt, data.batch_size // ranks, self.device)
+        else:  # each rank scores its columns of valid; test is scored whole
+            batch = data.test_batch_size if work == "test" else data.eval_batch_size // ranks
+            step = scoring_step(self.model, data.bptt, batch, self.device)
+        self.threads.use(work, step, self._report_threads)
+
+    def _report_threads(self, work: str, choice: ThreadChoice,
+                        previous: Optional[ThreadChoice]) -> None:
+        """Log every timed choice; print it when it is the first or the count changed."""
+        self.tracker.log({"event": "threads", "work": work, **choice.as_dict()},
+                         self.progress.step)
+        if previous is None or previous.threads != choice.threads:
+            self.echo(choice.line(work))
+
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate(self, split: str, mc_samples: int = 0) -> dict:
+        """The split's metrics, with the seconds its scoring took (``<split>_s``)."""
+        self._use_threads(split)
         batches = self.eval_batches[split]
-        nll, tokens = total_nll(self.model, batches.iterate(), batches.carries_state,
-                                self.device, mc_samples)
+        started = time.monotonic()
+        shown = shown_progress(batches.iterate(), batches.num_batches(), f"scoring {split}",
+                               enabled=self.dist.is_main)
+        nll, tokens = total_nll(self.model, shown, batches.carries_state, self.device,
+                                mc_samples)
         if split != "test":  # each rank scored its columns; the test split is scored whole
             nll, tokens = sum_across_ranks(self.dist, nll, tokens)
-        return split_metrics(nll, int(tokens), self.corpus.splits[split], split)
+        metrics = split_metrics(nll, int(tokens), self.corpus.splits[split], split)
+        return {**metrics, f"{split}_s": time.monotonic() - started}
 
     def _end_epoch(self) -> dict:
         """Validate (NT-ASGD: with the averaged weights), step the schedule, log and save;
@@ -310,6 +347,7 @@ class Trainer(CheckpointWriting):
         progress = self.progress
         with averaged_weights(self.model, self.optimizer):
             metrics = self._evaluate("valid")
+        progress.valid_seconds += metrics["valid_s"]
         problem = validation_divergence(metrics["valid_loss"], self.corpus.vocab_size)
         if problem:
             raise self._diverged(f"{problem} after step {progress.step}")
@@ -345,6 +383,10 @@ class Trainer(CheckpointWriting):
                     scored[split] = self._evaluate(split)
                     on_main(self.dist, lambda: write_partial_scores(self.run_dir, key, scored))
                 results.update(scored[split])
+                self.echo(f"scored {split} with best.pt in {results[f'{split}_s']:.1f} s")
+        self.progress.valid_seconds += results["valid_s"]
+        results["valid_s"] = self.progress.valid_seconds  # every epoch's validation too
+        self._update_wall_time()  # the whole run, its final scoring included
         if self.corpus.tokenizer == "word":
             results = {k: v for k, v in results.items() if not k.endswith("_word_ppl")}
         results.update(optimal_perplexities(self.recipe))
@@ -353,6 +395,7 @@ class Trainer(CheckpointWriting):
                                  self.dist.world_size, self.git_rev))
         if corrupt or self.progress.checkpoint_corrupt:
             results["checkpoint_corrupt"] = True
+        results["threads"] = self.threads.summary()
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             with self._guarded(self.run_dir / RESULTS_FILE):

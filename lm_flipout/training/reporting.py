@@ -42,8 +42,9 @@ def report_epoch(tracker: Any, echo: Callable[[str], None], recipe: Recipe,
     note = {"lr": f" | lr x{recipe.optim.plateau_factor:g}",
             "averaging": " | switched to averaged SGD"}.get(change or "", "")
     bpc = f" | bpc {metrics['valid_bpc']:.3f}" if "valid_bpc" in metrics else ""
+    scored = f" | scored in {metrics['valid_s']:.1f} s" if "valid_s" in metrics else ""
     echo(f"epoch {progress.epoch:3d} | step {progress.step} | train ppl {train_ppl:.2f} | "
-         f"valid ppl {metrics['valid_ppl']:.2f}{bpc} | "
+         f"valid ppl {metrics['valid_ppl']:.2f}{bpc}{scored} | "
          f"lr {lr:.3g} | {speed:,.0f} tok/s{' | best' if improved else ''}{note}")
 
 
@@ -66,10 +67,12 @@ def results_line(results: dict[str, Any], path: Path) -> str:
 def run_facts(progress: Progress, params: int, device: torch.device,
               processes: int, git_rev: str) -> dict[str, Any]:
     """How the run went, for results.json next to its scores; ``git_rev`` is the revision the
-    finishing process started from (a resume records its own)."""
+    finishing process started from (a resume records its own). ``train_s`` is the time spent
+    in training steps, ``wall_s`` the whole run's, over all its processes' lifetimes."""
     return {
         "params": params,
         "tokens_per_s": progress.tokens_per_second,
+        "train_s": progress.train_seconds,
         "wall_s": progress.wall_seconds,
         "git_rev": git_rev,
         "epochs": progress.epoch - 1,

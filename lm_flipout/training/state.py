@@ -50,6 +50,7 @@ class Progress:
     train_tokens: int = 0
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
+    valid_seconds: float = 0.0  # spent scoring the validation split
     metrics_bytes: int = 0  # length of metrics.jsonl when the checkpoint was written
     epoch_nll: float = 0.0  # summed training loss of the epoch in progress (nats)
     epoch_tokens: int = 0  # training tokens of the epoch in progress

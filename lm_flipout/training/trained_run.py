@@ -3,9 +3,11 @@ and score it on a split, as evaluate.py and the variance study do."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Optional
 
+import torch
 from torch.optim import Optimizer
 
 from ..config import Recipe, recipe_from_dict
@@ -15,10 +17,12 @@ from ..data.corpus import Corpus
 from ..errors import CheckpointError, DataError, UserError
 from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
+from ..progress import shown_progress
 from .checkpoint import CORRUPT_KEY, load_checkpoint
 from .data_match import MOVED_HINT, check_split_unchanged, relocate_data
 from .environment import select_device
 from .optimizers import averaged_weights, build_optimizer
+from .threads import Setting, ThreadChooser, scoring_step
 
 
 def load_trained_run(path: str, data_overrides: Sequence[str] = (), *,
@@ -101,7 +105,7 @@ def _misfit(path: str, err: Exception) -> Exception:
 def evaluate_checkpoint(
     path: str, split: str = "test", batch_size: Optional[int] = None, mc_samples: int = 0,
     device: str = "auto", data_overrides: Sequence[str] = (), allow_changed_data: bool = False,
-    allow_corrupt: bool = False,
+    threads: Setting = "auto", allow_corrupt: bool = False,
 ) -> dict:
     """Rebuild data and model from a checkpoint's own config and score one split.
 
@@ -114,13 +118,19 @@ def evaluate_checkpoint(
     does not match, marked ``"checkpoint_corrupt": true``. A last.pt taken after NT-ASGD
     started averaging is scored with the averaged weights, as training evaluates it. Bits per
     character and word perplexity are left out, with a ``note`` saying why, where tokens became
-    ``<unk>``."""
+    ``<unk>``. ``threads`` is the CPU thread count or ``auto`` (the fastest, timed on a few
+    windows at the batch size scored); the result records the choice and the scoring's
+    ``seconds``; progress goes to stderr."""
     if split not in ("valid", "test"):
         raise UserError(f"split={split!r} is not a split; use 'valid' or 'test'.")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch size {batch_size!r} must be a positive integer.")
     if isinstance(mc_samples, bool) or mc_samples < 0:
         raise UserError(f"mc_samples={mc_samples!r} must be 0 (mean weights) or a positive count.")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool)
+                              or threads < 1):
+        raise UserError(f"threads={threads!r} must be auto (the fastest count, timed) or a "
+                        "whole number of threads >= 1.")
     target = select_device(device)
     state, recipe, corpus, model = load_trained_run(path, data_overrides,
                                                     allow_corrupt=allow_corrupt)
@@ -130,20 +140,30 @@ def evaluate_checkpoint(
     optimizer = _averaging_optimizer(state, recipe, model, path)
     model.to(target)
     batches = make_batches(corpus.splits[split].tokens, recipe.data, train=False, split=split)
-    with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging
-        nll, tokens = total_nll(model, batches.iterate(), batches.carries_state, target,
-                                mc_samples)
+    scored_batch = recipe.data.test_batch_size if split == "test" else recipe.data.eval_batch_size
+    threads_before = torch.get_num_threads()
+    try:
+        with averaged_weights(model, optimizer):  # no-op unless NT-ASGD was averaging
+            choice = ThreadChooser(threads, target, key="--threads").use(
+                split, scoring_step(model, recipe.data.bptt, scored_batch, target))
+            started = time.monotonic()
+            shown = shown_progress(batches.iterate(), batches.num_batches(), f"scoring {split}")
+            nll, tokens = total_nll(model, shown, batches.carries_state, target, mc_samples)
+            seconds = time.monotonic() - started
+    finally:
+        torch.set_num_threads(threads_before)
     metrics = split_metrics(nll, tokens, corpus.splits[split], split)
     result = {
         "split": split,
         "ppl": metrics[f"{split}_ppl"],
         "loss": metrics[f"{split}_loss"],
         "tokens": tokens,
-        "batch_size": (recipe.data.test_batch_size if split == "test"
-                       else recipe.data.eval_batch_size),
+        "batch_size": scored_batch,
         "carries_state": batches.carries_state,
         "mc_samples": mc_samples,
         "checkpoint": str(path),
+        "seconds": seconds,
+        "threads": choice.as_dict(),
     }
     if f"{split}_bpc" in metrics:
         result["bpc"] = metrics[f"{split}_bpc"]

@@ -1,9 +1,21 @@
 """The benchmark's timing harness (lm_flipout/experiments/bench_timing.py): interleaving and
-paired ratios."""
+paired ratios; the contended benchmark and its helper process."""
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 import torch
 
+from lm_flipout.cli import bench as bench_cli
 from lm_flipout.experiments.bench_timing import BASELINE, Timings, interleaved_times
+from lm_flipout.experiments.contention import one_core_busy
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_interleaved_times_runs_every_task_once_per_repeat_in_rotated_order():
@@ -63,3 +75,52 @@ def test_layout_options_time_stacks_built_in_that_layout():
     assert "batch_first + bidirectional (stack alone)" in format_table("char", rows,
                                                                         torch.device("cpu"),
                                                                         layout)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody has reaped yet has ended too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_the_contended_benchmark_runs_and_stops_its_helper(tmp_path, one_thread, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_cli.main(["--contend", "--shapes", "tiny", "--warmup", "1", "--repeats", "1",
+                           "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert gone(results["helper_pid"]) and results["contended"] is True
+    table = results["shapes"]["tiny"]
+    assert [row["model"] for row in table["rows"]] == [BASELINE, "gaussian flipout"]
+    for row in table["rows"]:
+        assert 1 <= row["auto_threads"] <= table["cores"]
+        assert row["best_fixed"] in ("1", "all") and row["auto_vs_best_fixed"] > 0
+    assert table["ours_auto_vs_torch_default"] > 0
+    assert "one core kept busy by a helper process" in capsys.readouterr().out
+
+
+def test_the_helper_stops_however_the_block_ends():
+    with pytest.raises(KeyboardInterrupt):
+        with one_core_busy() as helper:
+            assert helper.poll() is None  # spinning
+            raise KeyboardInterrupt
+    assert helper.returncode is not None and gone(helper.pid)
+
+
+def test_the_helper_ends_by_itself_when_its_parent_is_killed():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom lm_flipout.experiments.contention import "
+         "one_core_busy\nwith one_core_busy() as helper:\n    print(helper.pid, flush=True)\n"
+         "    time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    helper_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(600):  # the helper notices within milliseconds; allow a busy machine
+        if gone(helper_pid):
+            break
+        time.sleep(0.1)
+    assert gone(helper_pid)

@@ -287,9 +287,11 @@ def test_a_run_another_process_is_training_is_skipped_not_failed(
     free.run_dir.mkdir()
     (free.run_dir / LOCK_FILE).write_text("pid 1 on host gone\n")  # left by a killed run
     started: list[list[str]] = []
+    sharing: list[int] = []
 
-    def train(args: list[str]) -> tuple[int, None]:
+    def train(args: list[str], processes: int) -> tuple[int, None]:
         started.append(args)
+        sharing.append(processes)
         return 0, None
 
     monkeypatch.setattr(compare_runner, "_train", train)
@@ -302,6 +304,7 @@ def test_a_run_another_process_is_training_is_skipped_not_failed(
     out = capsys.readouterr().out
     assert f"[1/3] busy: being trained by another process (pid {os.getpid()} on host" in out
     assert [args[0] for args in started] == ["free.yaml", "fresh.yaml"]
+    assert sharing == [2, 2]  # each beside the busy run: they divide the cores
     assert failed == []
     assert lock_holder(busy.run_dir) is None and not (fresh.run_dir).exists()
 
@@ -312,7 +315,7 @@ def test_a_run_that_another_process_started_first_is_not_counted_as_failed(
                      run_dir=tmp_path / "raced", paper={})
     lock = RunLock(run.run_dir)
 
-    def lose_the_race(args: list[str]) -> tuple[int, None]:
+    def lose_the_race(args: list[str], processes: int) -> tuple[int, None]:
         lock.acquire()  # the other process took the lock just before this one's train did
         return 2, None
 
@@ -324,3 +327,22 @@ def test_a_run_that_another_process_started_first_is_not_counted_as_failed(
         lock.release()
     assert failed == []
     assert "[1/1] raced: another process started it first, skipped" in capsys.readouterr().out
+
+
+def test_each_run_learns_how_many_processes_share_the_machine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    environments: list[dict] = []
+
+    class Child:
+        def __init__(self, command: list[str], env: dict) -> None:
+            environments.append(env)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(compare_runner.subprocess, "Popen", Child)
+    monkeypatch.delenv("LM_FLIPOUT_PROCESSES", raising=False)
+    assert compare_runner._train(["run.yaml"], processes=3) == (0, None)
+    monkeypatch.setenv("LM_FLIPOUT_PROCESSES", "1")  # the user's own word wins
+    compare_runner._train(["run.yaml"], processes=3)
+    assert [env["LM_FLIPOUT_PROCESSES"] for env in environments] == ["3", "1"]

@@ -3,6 +3,7 @@ computation written here from scratch, MC averaging, and unusable checkpoint fil
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -14,9 +15,10 @@ import evaluate
 from helpers import train_tiny_run
 from lm_flipout.config import Recipe, recipe_from_dict
 from lm_flipout.data import load_corpus, make_batches
+from lm_flipout.errors import UserError
 from lm_flipout.evaluation import total_nll
 from lm_flipout.model import LanguageModel
-from lm_flipout.training import evaluate_checkpoint
+from lm_flipout.training import evaluate_checkpoint, threads, trained_run
 from lm_flipout.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -74,6 +76,29 @@ def test_test_split_defaults_to_batch_size_one(trained) -> None:
     assert (result["split"], result["batch_size"]) == ("test", 1)
     tokens = load_corpus(model_from(run / "best.pt")[1].data).splits["test"].tokens
     assert result["tokens"] == tokens.numel() - 1  # one stream: every token but the first
+
+
+def test_auto_threads_score_like_one_thread_and_are_reported(trained, monkeypatch,
+                                                             one_thread) -> None:
+    """The timed windows change nothing; the result says what was chosen and how long the
+    scoring took, and the process keeps its own thread count."""
+    _, run = trained
+    best = str(run / "best.pt")
+    given = evaluate_checkpoint(best, device="cpu", threads=1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "machine_cores", lambda: 2)
+    clock = iter(range(10**6))  # every reading one second later: all counts tie, 1 wins
+    monkeypatch.setattr(trained_run, "ThreadChooser", functools.partial(
+        threads.ThreadChooser, timer=lambda: float(next(clock))))
+    timed = evaluate_checkpoint(best, device="cpu")
+    assert timed["ppl"] == given["ppl"] and timed["tokens"] == given["tokens"]
+    assert given["threads"] == {"threads": 1, "how": "--threads", "timings_ms": {}}
+    assert timed["threads"]["how"] == "timed" and set(timed["threads"]["timings_ms"]) == {
+        "1", "2"}
+    assert timed["threads"]["threads"] == 1 and timed["seconds"] > 0
+    assert torch.get_num_threads() == 1
+    with pytest.raises(UserError, match="threads=0 must be auto"):
+        evaluate_checkpoint(best, device="cpu", threads=0)
 
 
 def test_mc_samples_average_noisy_predictions(trained) -> None:

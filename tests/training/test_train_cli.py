@@ -22,7 +22,8 @@ from lm_flipout.tracking import read_metrics
 from lm_flipout.training.checkpoint import load_checkpoint
 
 FINAL_KEYS = {"valid_ppl", "test_ppl", "valid_bpc", "test_bpc", "params", "tokens_per_s",
-              "wall_s", "git_rev", "valid_word_ppl", "test_word_ppl"}
+              "wall_s", "git_rev", "valid_word_ppl", "test_word_ppl", "train_s", "valid_s",
+              "test_s", "threads"}
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen, timeout: float = 120):
