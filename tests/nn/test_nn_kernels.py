@@ -23,10 +23,13 @@ def kernels():
 
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-    """A build state of its own: an empty cache folder and nothing loaded yet."""
+    """A build state of its own: an empty kernels folder under a cache root of its own, and
+    nothing loaded yet; returns that folder."""
     monkeypatch.setenv("LM_FLIPOUT_CACHE", str(tmp_path))
     monkeypatch.setattr(cell_kernels, "_library", cell_kernels._UNTRIED)
-    return tmp_path
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    return folder
 
 
 def test_kernels_serve_float32_on_cpu_only(kernels):
