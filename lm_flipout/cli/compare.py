@@ -47,6 +47,12 @@ overrides given here. A run that fails is reported and the others still run; Ctr
 suite after the current run has saved last.pt, and the same command later resumes it. Options
 and key=value overrides may come in any order.
 
+A tuned suite (a tune: section with trials, the shared space and optionally pruner, sampler,
+seed and trial_overrides; each row may add its own keys under space:) first completes each
+row's study, the one `lm-flipout tune` would run for the row (<run name>-tune/, resumed when
+it exists), then trains each row's best parameters with the seeds in <run name>-best[-seed<k>];
+the report adds each row's search.
+
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
 parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png
 (validation perplexity per epoch), built from the runs' results.json and metrics.jsonl only.
@@ -60,6 +66,7 @@ examples:
   {prog} recipes/suites/ptb_word_medium.yaml train.device=cuda:1
   {prog} recipes/suites/ptb_char_cpu.yaml --seeds 1,2,3
   {prog} recipes/suites/ptb_word_cpu.yaml --report-only
+  {prog} recipes/suites/ptb_word_cpu_tuned.yaml
   {prog} recipes/suites/ptb_word_cpu.yaml --report-only --baseline 'Gaussian shared'"""
 
 

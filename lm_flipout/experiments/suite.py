@@ -210,7 +210,7 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"Suite file {path} must hold a mapping with the keys group and runs (and optionally "
-            "description, paper_source, base, baseline, seeds) at the top level."
+            "description, paper_source, base, baseline, seeds, tune) at the top level."
         )
     suite = from_dict(Suite, data, f"suite file {path}")
     if suite.base is not None:

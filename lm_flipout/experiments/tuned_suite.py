@@ -122,7 +122,7 @@ def tuning_lines(tuning: SuiteTuning, studies: list[RowStudy]) -> list[str]:
     lines = [
         "## Tuning", "",
         f"Every row was tuned with the same budget, {tuning.trials} trials (finished or "
-        f"pruned), by Optuna's {tuning.sampler} sampler with the {pruner} pruner, over the same "
+        f"pruned), by Optuna's {tuning.sampler} sampler (pruner: {pruner}), over the same "
         f"shared space: {shared}; each row adds its own keys, listed below."
         + (f" Trials ran with {trial_overrides}." if trial_overrides else "")
         + " The rows' seeds then trained each row's best parameters (the objective: a "
