@@ -15,7 +15,7 @@ from helpers import tiny_recipe, write_recipe
 from lm_flipout.cli import compare
 from lm_flipout.errors import ConfigError
 from lm_flipout.experiments.suite import load_suite, plan_runs
-from lm_flipout.experiments.tuned_suite import plan_studies
+from lm_flipout.experiments.tuned_suite import plan_studies, tuning_lines
 
 TUNE = {"trials": 2, "pruner": "none", "seed": 0,
         "trial_overrides": {"train.max_steps": 2},
@@ -126,3 +126,39 @@ def test_untrained_rows_of_a_tuned_suite_plan_their_best_directories(tmp_path: P
         "base-wd-best-seed1", "base-wd-best-seed2", "base-gaussian-best-seed1",
         "base-gaussian-best-seed2"]
     assert [run.recipe.optim.lr for run in runs] == [0.002, 0.002, 0.01, 0.01]
+
+
+def test_report_only_before_any_study_trains_nothing_and_says_so(tmp_path: Path) -> None:
+    suite = make_suite(tmp_path)
+    assert compare.main(compare_args(suite, tmp_path, "--report-only")) == 0
+    report = (tmp_path / "reports" / "tuned.md").read_text()
+    assert "| WD | 0 of 2 (0, 0) | — | — | study not complete |" in report
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_the_tuning_table_counts_pruned_trials_and_names_each_rows_keys(
+        tmp_path: Path) -> None:
+    suite_data, paths = load_suite(make_suite(tmp_path))
+    studies = plan_studies(suite_data, "tuned.yaml", paths, [])
+    studies[0].finished, studies[0].pruned = 1, 1
+    studies[0].best_params, studies[0].best_value, studies[0].best_number = (
+        {"optim.lr": 0.0123456, "model.dropout_output": 0.25, "model.noise.p": 0.3}, 9.876, 0)
+    lines = "\n".join(tuning_lines(suite_data.tune, studies))
+    assert "| WD | 2 of 2 (1, 1) | 0 | 9.88 | `optim.lr=0.01235`, " in lines
+    assert "- WD also searches `model.noise.p` float [0.1, 0.6]." in lines
+    assert "- Gaussian also searches `model.noise.sigma` float [0.1, 1.0]." in lines
+    assert "`optim.lr` float [0.001, 0.03] (log)" in lines
+    assert "Trials ran with `train.max_steps=2`." in lines
+
+
+def test_a_row_whose_study_is_not_complete_trains_no_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Another process may still be training a study's last trials: its row's seeds wait
+    (here no study trains at all), and the next run of the command trains them."""
+    import lm_flipout.experiments.tuned_suite as tuned_suite
+
+    monkeypatch.setattr(tuned_suite, "tune", lambda *args, **kwargs: None)
+    suite = make_suite(tmp_path)
+    assert compare.main(compare_args(suite, tmp_path)) == 0
+    assert "The studies of WD, Gaussian are not complete" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("results.json"))
