@@ -21,6 +21,7 @@ from ..config import Recipe, recipe_with_run_name, setting_type
 from ..errors import ConfigError
 from .suite import Suite, SuiteTuning, row_overrides, run_overrides
 from .tuning import SearchSpace, space_from_data, study_dir_of, tune
+from .tuning.space import TUNER_KEYS
 
 
 @dataclass
@@ -52,6 +53,9 @@ def plan_studies(suite: Suite, suite_path: Union[str, Path], recipe_paths: list[
     trial_items = [f"{key}={json.dumps(value)}" for key, value in tuning.trial_overrides.items()]
     for key in tuning.trial_overrides:
         setting_type(key, f"Suite file {suite_path}, tune.trial_overrides")
+        if key in TUNER_KEYS:
+            raise ConfigError(f"Suite file {suite_path}: tune.trial_overrides sets {key!r}, which "
+                              "the tuner sets for each row's trials. Remove it.")
     studies = []
     for i, (row, recipe_path) in enumerate(zip(suite.runs, recipe_paths)):
         where = (f"Suite file {suite_path}, the search space of row {row.label!r} (tune.space "

@@ -162,3 +162,15 @@ def test_a_row_whose_study_is_not_complete_trains_no_seed(
     assert compare.main(compare_args(suite, tmp_path)) == 0
     assert "The studies of WD, Gaussian are not complete" in capsys.readouterr().err
     assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.parametrize("trial_overrides, expected", [
+    ({"train.epoch": 2}, r"tune\.trial_overrides.*train\.epoch"),
+    ({"train.run_name": "x"}, r"trial_overrides sets 'train\.run_name'"),
+])
+def test_bad_trial_overrides_are_refused(tmp_path: Path, trial_overrides: dict,
+                                         expected: str) -> None:
+    suite_data, paths = load_suite(make_suite(tmp_path, tune={
+        **TUNE, "trial_overrides": trial_overrides}))
+    with pytest.raises(ConfigError, match=expected):
+        plan_studies(suite_data, "tuned.yaml", paths, [])
