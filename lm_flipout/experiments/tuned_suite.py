@@ -125,7 +125,8 @@ def tuning_lines(tuning: SuiteTuning, studies: list[RowStudy]) -> list[str]:
     pruner = tuning.pruner if isinstance(tuning.pruner, str) else json.dumps(tuning.pruner)
     lines = [
         "## Tuning", "",
-        f"Every row was tuned with the same budget, {tuning.trials} trials (finished or "
+        f"Every row was tuned with the same budget, {tuning.trials} "
+        f"trial{'s' if tuning.trials != 1 else ''} (finished or "
         f"pruned), by Optuna's {tuning.sampler} sampler (pruner: {pruner}), over the same "
         f"shared space: {shared}; each row adds its own keys, listed below."
         + (f" Trials ran with {trial_overrides}." if trial_overrides else "")
