@@ -9,12 +9,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ConfigError, UserError
 from ..experiments.compare import train_unfinished
 from ..experiments.report import write_report
 from ..experiments.rows import collect_rows
-from ..experiments.suite import Suite, check_seeds, load_suite, plan_runs
+from ..experiments.suite import PlannedRun, Suite, check_seeds, load_suite, plan_runs
 from ..experiments.summary import log_summary
 from . import fail, parse_in_any_order
 
@@ -46,6 +47,12 @@ overrides given here. A run that fails is reported and the others still run; Ctr
 suite after the current run has saved last.pt, and the same command later resumes it. Options
 and key=value overrides may come in any order.
 
+A tuned suite (a tune: section with trials, the shared space and optionally pruner, sampler,
+seed and trial_overrides; each row may add its own keys under space:) first completes each
+row's study, the one `lm-flipout tune` would run for the row (<run name>-tune/, resumed when
+it exists), then trains each row's best parameters with the seeds in <run name>-best[-seed<k>];
+the report adds each row's search.
+
 The report is <reports-dir>/<suite name>.md (valid/test perplexity and bits per character,
 parameters, tokens/s, wall time, beside the paper's numbers) and <suite name>_valid_ppl.png
 (validation perplexity per epoch), built from the runs' results.json and metrics.jsonl only.
@@ -59,6 +66,7 @@ examples:
   {prog} recipes/suites/ptb_word_medium.yaml train.device=cuda:1
   {prog} recipes/suites/ptb_char_cpu.yaml --seeds 1,2,3
   {prog} recipes/suites/ptb_word_cpu.yaml --report-only
+  {prog} recipes/suites/ptb_word_cpu_tuned.yaml
   {prog} recipes/suites/ptb_word_cpu.yaml --report-only --baseline 'Gaussian shared'"""
 
 
@@ -111,6 +119,45 @@ def choose_baseline(suite: Suite, label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "baseline"
 
 
+def tune_rows(suite: Suite, args: argparse.Namespace, recipe_paths: list[str],
+              command: str) -> tuple[Optional[int], list[PlannedRun], tuple[list[str], set[str]]]:
+    """A tuned suite: check every row's space, complete each row's study (unless
+    ``--report-only``), and plan the rows' runs at their best parameters. Returns an exit
+    status if the user stopped it, the runs, the report's tuning section and the labels of
+    the rows whose studies are complete (the others' runs wait for them)."""
+    from ..experiments.tuned_suite import plan_studies, read_studies, run_studies, tuning_lines
+
+    assert suite.tune is not None
+    studies = plan_studies(suite, args.suite, recipe_paths, args.overrides)
+    if not args.report_only:
+        try:
+            import optuna  # noqa: F401 - checked before anything trains
+        except ImportError:
+            raise UserError("A tuned suite needs Optuna, which is not installed. Install it "
+                            "with `pip install optuna` (or `pip install -e .[tune]`).") from None
+        from tqdm import tqdm
+
+        from ..training import Interrupted
+
+        try:
+            run_studies(studies, suite.tune.trials, command, echo=tqdm.write)
+        except Interrupted as stop:
+            print(f"\nStopped; the trial's last.pt is kept. Continue with:\n  {command}",
+                  file=sys.stderr)
+            return 128 + stop.signum, [], ([], set())
+        except KeyboardInterrupt:
+            print(f"\nInterrupted. Continue with:\n  {command}", file=sys.stderr)
+            return 130, [], ([], set())
+    best = read_studies(studies, suite.tune.trials)
+    waiting = [row.label for row in studies if row.label not in best]
+    if waiting and not args.report_only:
+        print(f"The studies of {', '.join(waiting)} are not complete (other processes are "
+              "training their trials, or every trial was pruned); their seeds train once they "
+              "are: run the same command again.", file=sys.stderr)
+    runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds, best)
+    return None, runs, (tuning_lines(suite.tune, studies), set(best))
+
+
 def parse_args(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace:
     """The command line, options and overrides in any order."""
     return parse_in_any_order(build_parser(prog), argv)
@@ -129,13 +176,20 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
         if args.baseline:
             name = f"{name}-vs-{choose_baseline(suite, args.baseline)}"
         runs = plan_runs(suite, recipe_paths, args.overrides, args.seeds)
+        tuning = None
+        if suite.tune is not None:  # each row's study first, then its seeds at its best
+            stopped, runs, tuning = tune_rows(suite, args, recipe_paths, command)
+            if stopped is not None:
+                return stopped
         failed: list[str] = []
         if not args.report_only:
-            stopped = train_unfinished(runs, failed)
+            tuned = {row.label for row in runs} if tuning is None else tuning[1]
+            stopped = train_unfinished([run for run in runs if run.label in tuned], failed)
             if stopped is not None:
                 return stopped
         rows = collect_rows(runs, frozenset(failed))
-        report, plot = write_report(suite, name, rows, command, Path(args.reports_dir))
+        report, plot = write_report(suite, name, rows, command, Path(args.reports_dir),
+                                    tuning[0] if tuning else None)
         print(f"Report: {report} (plot: {plot})")
         where = log_summary(suite, name, rows, plot, Path(args.reports_dir))
         if where is not None:

@@ -17,6 +17,21 @@
         overrides:                  # ... with these dotted keys set
           model.noise: {family: dropconnect, p: 0.5, estimator: flipout}
 
+A tuned suite searches each row's hyperparameters before it trains the row
+(`lm_flipout.experiments.tuned_suite`): every row gets the same budget and shared space.
+
+    tune:
+      trials: 12                    # every row's study holds this many finished or pruned trials
+      pruner: {median: {n_warmup_steps: 3}}   # optional, as in a search-space file's study:
+      sampler: tpe                  # optional; seed: optional (default: each row's train.seed)
+      trial_overrides: {train.epochs: 10}     # optional: dotted keys set for the trials only
+      space:                        # the shared space: every row searches these keys
+        optim.lr: {float: [0.001, 0.01], log: true}
+    runs:
+      - label: WD
+        overrides: {model.noise: {family: dropconnect, p: 0.5}}
+        space: {model.noise.p: {float: [0.1, 0.7]}}   # the row's own keys (optional)
+
 A row trains its own recipe, or the suite's base where it names none, with its
 ``overrides`` (dotted keys, as on the command line) set on top. Without seeds a row is one
 run with its recipe's ``train.seed``, in the directory ``train.py`` would use for the recipe
@@ -82,6 +97,7 @@ class SuiteRun:
     label: Optional[str] = None
     paper: dict[str, float] = field(default_factory=dict)
     seeds: Optional[list[int]] = None
+    space: dict[str, Any] = field(default_factory=dict)  # the row's own keys, in a tuned suite
 
     def validate(self) -> None:
         check_seeds(self.seeds, "seeds")
@@ -101,6 +117,26 @@ class SuiteRun:
 
 
 @dataclass
+class SuiteTuning:
+    """A tuned suite's ``tune:`` section: one budget and one shared space for every row."""
+
+    trials: int
+    space: dict[str, Any] = field(default_factory=dict)  # dotted key -> distribution
+    pruner: Any = "median"  # checked as a search space's study.pruner
+    sampler: str = "tpe"
+    seed: Optional[int] = None
+    trial_overrides: dict[str, Any] = field(default_factory=dict)  # set for the trials only
+
+    def validate(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"tune.trials={self.trials} must be at least 1: it is the number "
+                              "of finished or pruned trials of every row's study.")
+        if not self.space:
+            raise ConfigError("tune.space is empty. Give the space every row searches, e.g. "
+                              "`optim.lr: {float: [0.001, 0.01], log: true}`.")
+
+
+@dataclass
 class Suite:
     """A suite file's contents (see the module docstring)."""
 
@@ -111,6 +147,7 @@ class Suite:
     base: Optional[str] = None  # once loaded: the path of the base recipe file
     baseline: Optional[str] = None
     seeds: Optional[list[int]] = None
+    tune: Optional[SuiteTuning] = None
 
     def validate(self) -> None:
         check_seeds(self.seeds, "seeds")
@@ -173,7 +210,7 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(
             f"Suite file {path} must hold a mapping with the keys group and runs (and optionally "
-            "description, paper_source, base, baseline, seeds) at the top level."
+            "description, paper_source, base, baseline, seeds, tune) at the top level."
         )
     suite = from_dict(Suite, data, f"suite file {path}")
     if suite.base is not None:
@@ -198,6 +235,7 @@ def load_suite(path: Union[str, Path]) -> tuple[Suite, list[str]]:
     labels: set[str] = set()
     for i, (run, recipe_path) in enumerate(zip(suite.runs, recipe_paths)):
         _check_overrides(path, i, run, recipe_path)
+        _check_row_space(path, i, run, suite.tune)
         run.label = run.label or Path(recipe_path).stem
         if run.label in labels:
             raise ConfigError(f"Suite file {path} has two runs labelled {run.label!r}. Give each "
@@ -241,6 +279,22 @@ def _check_overrides(suite_path: Path, i: int, row: SuiteRun, recipe_path: str) 
     apply_overrides(read_recipe_data(recipe_path)[0], row.overrides, source=source)
 
 
+def _check_row_space(suite_path: Path, i: int, row: SuiteRun,
+                     tuning: Optional[SuiteTuning]) -> None:
+    """A row's own space needs the suite's tune: section and must not repeat a shared key
+    (every row searches the shared space exactly as given)."""
+    if row.space and tuning is None:
+        raise ConfigError(f"Suite file {suite_path}: runs[{i}].space is searched only in a tuned "
+                          "suite. Add a tune: section (trials and the shared space) or remove "
+                          "the row's space.")
+    shared = sorted(set(row.space) & set(tuning.space if tuning else {}))
+    if shared:
+        raise ConfigError(
+            f"Suite file {suite_path}: runs[{i}].space repeats {', '.join(map(repr, shared))} "
+            "of the shared space tune.space; every row searches the shared space as it is. "
+            "Remove the key from the row, or move it out of tune.space into every row.")
+
+
 def _slug(label: str) -> str:
     """A row label as part of a folder name: ``WD + Flipout`` -> ``wd-flipout``."""
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "row"
@@ -257,11 +311,13 @@ def row_overrides(row: SuiteRun, recipe_path: str) -> list[str]:
 
 
 def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
-              seeds: Optional[list[int]] = None) -> list[PlannedRun]:
+              seeds: Optional[list[int]] = None,
+              best: Optional[dict[str, dict[str, Any]]] = None) -> list[PlannedRun]:
     """Load every row's recipe with the suite's W&B group, the row's and the command-line
     overrides (so a bad override fails before anything trains) and find each run's
     directory: one run per row, or one per (row, seed) where ``seeds`` (the command line's),
-    the row or the suite list seeds."""
+    the row or the suite list seeds. In a tuned suite a row runs in ``<its run name>-best``
+    with its study's best parameters (``best``: row label -> dotted key -> value) set last."""
     shared = run_overrides(suite, overrides)
     if any(item.partition("=")[0].strip() == "train.seed" for item in overrides) and (
             seeds or suite.seeds or any(run.seeds for run in suite.runs)):
@@ -276,6 +332,8 @@ def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
         # the row's own overrides first, so that the command line's win over them
         row_items = [shared[0], *row_overrides(row, recipe_path), *shared[1:]]
         try:
+            if suite.tune is not None:
+                row_items = _best_items(recipe_path, row_items, (best or {}).get(label, {}))
             recipe, run_dir = recipe_with_run_name(recipe_path, row_items)
         except ConfigError as err:
             raise ConfigError(f"Suite row {label!r}: {err}") from None
@@ -296,6 +354,13 @@ def plan_runs(suite: Suite, recipe_paths: list[str], overrides: list[str],
             seen[run.run_dir] = run.name
         runs += planned
     return runs
+
+
+def _best_items(recipe_path: str, items: list[str], params: dict[str, Any]) -> list[str]:
+    """A tuned row's overrides: its own, its study's best ``params``, its run name + -best."""
+    name = recipe_with_run_name(recipe_path, items)[0].train.run_name
+    return [*items, *(f"{key}={json.dumps(value)}" for key, value in params.items()),
+            f"train.run_name={json.dumps(f'{name}-best')}"]
 
 
 def _seed_run(row: PlannedRun, seed: int) -> PlannedRun:

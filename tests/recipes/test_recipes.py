@@ -29,6 +29,8 @@ NOT_RECIPES = (SUITES_DIR, RECIPES_DIR / "sweeps", SPACES_DIR)  # suites, W&B sw
 RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
                  if not any(folder in p.parents for folder in NOT_RECIPES))
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
+# A tuned suite searches some rows of an untuned suite at the same scale, on the same base.
+TUNED = [p for p in SUITES if "tune" in yaml.safe_load(p.read_text(encoding="utf-8"))]
 BASES = {(SUITES_DIR / yaml.safe_load(p.read_text(encoding="utf-8"))["base"]).resolve()
          for p in SUITES}
 
@@ -93,6 +95,9 @@ def test_a_suite_lists_every_recipe_of_its_family(path: Path) -> None:
     listed = [Path(p).resolve() for p in load_suite(path)[1]]
     prefix = os.path.commonprefix([p.stem for p in listed])
     family = {p for p in RECIPES if p.parent == listed[0].parent and p.stem.startswith(prefix)}
+    if path in TUNED:  # a chosen few of its family's rows
+        assert set(listed) <= family - BASES
+        return
     assert family - listed_by_other_suites(path) - BASES == set(listed)
 
 
@@ -100,13 +105,13 @@ def listed_by_other_suites(path: Path) -> set[Path]:
     """The recipes the other suites list (e.g. char_cpu_* beside ptb_char's char_*)."""
     listed = set()
     for other in SUITES:
-        if other != path:
+        if other != path and other not in TUNED:
             listed |= {Path(p).resolve() for p in load_suite(other)[1]}
     return listed
 
 
 def test_every_suite_names_a_base_that_is_no_row() -> None:
-    assert len(BASES) == len(SUITES)
+    assert len(BASES) == len(SUITES) - len(TUNED)
     for path in SUITES:
         suite, recipe_paths = load_suite(path)
         assert suite.base is not None and Path(suite.base).resolve() in BASES
@@ -198,3 +203,39 @@ def test_every_search_space_fits_the_recipe_it_is_named_after() -> None:
     for path in spaces:
         [recipe] = [p for p in RECIPES if p.stem == path.stem]
         assert read_space(path, load_recipe(recipe)).params
+
+
+def test_the_tuned_cpu_suite_gives_every_row_the_same_budget_and_shared_space() -> None:
+    """Every row of ptb_word_cpu_tuned is searched over the suite's shared space plus only
+    its own strength, in a study of the same trials, pruner and sampler, then trained with
+    three seeds under the untuned budget; WD + Flipout keeps p = 0.5."""
+    from lm_flipout.experiments.tuned_suite import plan_studies
+
+    path = SUITES_DIR / "ptb_word_cpu_tuned.yaml"
+    assert path in TUNED
+    suite, recipe_paths = load_suite(path)
+    assert suite.tune is not None and suite.seeds == [1, 2, 3] and suite.tune.trials >= 8
+    shared = {"optim.lr", "model.dropout_input", "model.dropout_output"}
+    assert set(suite.tune.space) == shared
+    studies = plan_studies(suite, path, recipe_paths, [])
+    assert [s.label for s in studies] == [
+        "WD", "WD + Flipout", "Gaussian shared", "Gaussian + Flipout",
+        "Gal (variational dropout)", "Zaremba (naive dropout)"]
+    own = {s.label: set(s.space.params) - shared for s in studies}
+    assert own == {"WD": {"model.noise.p"}, "WD + Flipout": set(),
+                   "Gaussian shared": {"model.noise.sigma"},
+                   "Gaussian + Flipout": {"model.noise.sigma"},
+                   "Gal (variational dropout)": {"model.dropout_hidden"},
+                   "Zaremba (naive dropout)": set()}
+    first = studies[0]
+    for study in studies:
+        assert list(study.space.params)[:3] == list(suite.tune.space)  # the same shared space
+        assert {k: study.space.params[k] for k in shared} == {
+            k: first.space.params[k] for k in shared}
+        assert study.space.study == first.space.study  # the same trials, pruner, sampler
+        assert study.space.study.trials == suite.tune.trials
+        assert study.base.train.epochs < load_recipe(SUITES_DIR / str(suite.base)).train.epochs
+    flipout = studies[1].base.model.noise
+    assert (flipout.family, flipout.p, flipout.estimator) == ("dropconnect", 0.5, "flipout")
+    runs = plan_runs(suite, recipe_paths, [])
+    assert len(runs) == 18 and all(run.recipe.train.epochs == 20 for run in runs)

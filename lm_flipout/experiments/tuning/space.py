@@ -119,8 +119,12 @@ def read_space(path: Union[str, Path], base: Recipe) -> SearchSpace:
     """Read and check a space file against the recipe ``base`` (with its overrides applied);
     every problem is a ConfigError naming the file, the key and the fix."""
     path = Path(path)
-    data = read_yaml(path)
-    where = f"Search space {path}"
+    return space_from_data(read_yaml(path), base, f"Search space {path}", path)
+
+
+def space_from_data(data: Any, base: Recipe, where: str, path: Path) -> SearchSpace:
+    """Check a space given as plain data (a space file's contents, or a suite row's shared
+    and own keys); ``where`` begins each error message, ``path`` is the file it came from."""
     if not isinstance(data, dict) or not data:
         raise ConfigError(
             f"{where} must map dotted recipe keys to distributions, e.g. `optim.lr: {{float: "
