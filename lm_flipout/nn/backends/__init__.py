@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator, Optional, Union
 
+import torch
 from torch import Tensor
 
 from ..cell import CellOptions
@@ -74,7 +75,10 @@ def use_backend(choice: BackendChoice) -> Iterator[Optional[Backend]]:
 
 def requested_backend(choice: BackendChoice = None) -> Optional[Backend]:
     """The backend named for this call: ``choice``, else the one of `use_backend`; None
-    when neither names one (automatic choice)."""
+    when neither names one (automatic choice). While ``torch.compile`` traces, `use_backend`
+    is not read (a context variable would break the graph): only ``choice`` counts."""
+    if torch.compiler.is_compiling():
+        return resolve(choice)
     return resolve(choice) or _REQUESTED.get()
 
 
@@ -84,14 +88,18 @@ def select_backend(like: Tensor, options: CellOptions = CellOptions(),
     the requested one (which must support them), else the first registered that does, else
     the reference."""
     backend = requested_backend(choice)
+    compiling = torch.compiler.is_compiling()
     if backend is not None:
         if not backend.supports(like, options):
             raise ValueError(f"backend {backend!r} does not run {like.dtype} tensors on "
                              f"{like.device} with {options.names()}; use 'reference' or "
                              f"automatic choice (None).")
+        if compiling and not backend.compilable:
+            raise ValueError(f"backend {backend.name!r} cannot run inside torch.compile; use "
+                             "'reference' or automatic choice (None) for a compiled model.")
         return backend
     for candidate in _REGISTERED.values():
-        if candidate.supports(like, options):
+        if (candidate.compilable or not compiling) and candidate.supports(like, options):
             return candidate
     return REFERENCE
 
