@@ -6,11 +6,12 @@ Inside a compiled model the layer runs the reference backend (or the fused ``nn.
 where it would anyway), since only backends marked ``compilable`` are traced; `use_backend`
 is not read while tracing. Shapes are static: the time loop of the recurrence unrolls, so a
 graph holds one window length T and one batch size B, and a new (T, B) compiles a new graph,
-up to ``torch._dynamo.config.recompile_limit`` graphs (then that shape runs eagerly). A run
-with a fixed ``data.bptt`` sees a handful of shapes (the training window, the last shorter
-window, the evaluation batch sizes). On CUDA, ``mode="reduce-overhead"`` also records each
-graph as a CUDA graph where Inductor can (static shapes, every tensor on the GPU), so a
-training step replays rather than launches its kernels.
+up to `GRAPH_LIMIT` graphs (then that shape runs eagerly). A run with a fixed ``data.bptt``
+sees a handful of shapes (the training window, the last shorter window, the evaluation
+batch sizes); ``data.variable_bptt`` sees every length from 5 to bptt + 20. On CUDA,
+``mode="reduce-overhead"`` also records each graph as a CUDA graph where Inductor can
+(static shapes, every tensor on the GPU), so a training step replays rather than launches
+its kernels.
 
 Random draws inside the graph use PyTorch's own random kernels (Inductor's
 ``fallback_random``), so a compiled model draws the same noise as the eager one from the same
@@ -25,6 +26,9 @@ import torch
 from torch import nn
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# graphs one process may compile for the stack: every window length x batch x fresh or
+# carried state x training or evaluation that a run meets (Dynamo's default is 8)
+GRAPH_LIMIT = 64
 
 
 def default_mode(device: torch.device) -> str:
@@ -35,9 +39,13 @@ def default_mode(device: torch.device) -> str:
 
 def prepare_dynamo() -> None:
     """The settings the compiled stack needs, process-wide: Dynamo may trace the layer's
-    parameter container (a one-layer ``nn.LSTM``, refused by default), and Inductor draws
-    random numbers with PyTorch's kernels (the same stream as eager)."""
-    torch._dynamo.config.allow_rnn = True
+    parameter container (a one-layer ``nn.LSTM``, refused by default) and compile up to
+    `GRAPH_LIMIT` shapes, and Inductor draws random numbers with PyTorch's kernels (the
+    same stream as eager)."""
+    config = torch._dynamo.config
+    config.allow_rnn = True
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), GRAPH_LIMIT))
     torch._inductor.config.fallback_random = True
 
 

@@ -29,6 +29,7 @@ from ..evaluation import split_metrics, total_nll
 from ..model import LanguageModel
 from ..nn import detach_state
 from .batches import run_batches
+from .compilation import compile_for_training
 from .distributed import (
     DistContext,
     broadcast_module,
@@ -112,6 +113,10 @@ class Trainer(CheckpointWriting):
             adopt_config(last["config"], recipe, self.last_path, self.echo)
         check_memory(recipe, self.device)
         self.model = LanguageModel(recipe.model).to(self.device)
+        data, ranks = recipe.data, self.dist.world_size
+        self.compiled = compile_for_training(
+            self.model, recipe.train.compile, self.device,
+            (data.bptt, data.batch_size // ranks, data.eval_batch_size // ranks), self.echo)
         self.step_loss = step_loss(self.model, recipe.optim, self.dist, self.device)
         self.schedule = Schedule(recipe.optim)
         self.optimizer = build_optimizer(recipe.optim, self.model.parameters())
@@ -295,6 +300,7 @@ class Trainer(CheckpointWriting):
         results.update(eval_protocol(self.recipe.data))
         results.update(run_facts(self.progress, self.model.num_parameters(), self.device,
                                  self.dist.world_size, self.git_rev))
+        results.update(self.compiled.facts())
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             with self._guarded(self.run_dir / RESULTS_FILE):
