@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..experiments import bench
+from ..experiments import bench, bench_compiled
 from ..experiments.bench import SHAPES
 from . import parse_in_any_order
 
@@ -31,6 +31,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--independent-limit-gib", type=float, default=1.0,
                         help="skip the independent estimator where its weights exceed this")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead of the main table: the compiled reference path against "
+                        "torch.nn.LSTM, the eager backends and the eager reference, with "
+                        "compile times and per-step operation counts")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     return parser
 
@@ -57,6 +61,12 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "command": " ".join([prog, *argv]), "shapes": {}}
     for name in args.shapes.split(","):
+        if args.compile:
+            rows = bench_compiled.measure_compiled(SHAPES[name], device, args.warmup,
+                                                   args.repeats)
+            results.setdefault("compiled", {})[name] = rows
+            print(bench_compiled.format_compiled(name, SHAPES[name], rows), "\n", flush=True)
+            continue
         rows = bench.measure_shape(SHAPES[name], device, args.warmup, args.repeats,
                                    args.independent_limit_gib)
         results["shapes"][name] = rows
