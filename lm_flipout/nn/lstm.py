@@ -139,7 +139,10 @@ class LSTMLayer(nn.Module):
                            for s in (samples.input, samples.recurrent))
         backend = requested_backend(self.backend)  # chosen once for the whole call
         masked = hidden_mask is not None or any(m is not None for m in masks)
-        if backend is None and not per_sequence and not masked:
+        # the fused op under torch.compile saves optional tensors AOTAutograd cannot take: a
+        # compiled layer runs the reference cell, which Inductor fuses itself
+        if (backend is None and not per_sequence and not masked
+                and not torch.compiler.is_compiling()):
             return self._fused_forward(x, state, samples)
         if samples.recurrent is not None and samples.recurrent.independent:
             input_terms = perturbed_linear(x, self.weight_ih, samples.input, self.bias)
