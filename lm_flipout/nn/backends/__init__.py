@@ -15,6 +15,10 @@ term, recurrent-dropout or zoneout masks runs ``torch.nn.LSTM``'s fused kernel i
 naming a backend (1 or 2) runs that backend for every call. The CPU backend does not
 implement recurrent dropout or zoneout, so automatic choice runs those on the reference.
 
+While ``torch.compile`` traces a call (`lm_flipout.nn.compiled`), step 2 is skipped (Dynamo
+cannot read the context variable), automatic choice takes only backends whose
+``compilable`` is true (the reference), and the fused kernel is not used.
+
 A CUDA backend would plug in the same way: subclass `Backend` with ``name = "cuda"``,
 ``supports`` true for CUDA tensors (and the cell options it implements), and ``run``
 applying its own autograd Function to the `LayerInputs` and `CellOptions`; then
