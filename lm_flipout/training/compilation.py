@@ -61,18 +61,24 @@ def _warm_up(model: LanguageModel, steps: int, batch: int, eval_batch: int,
     validation window without gradients (fresh and carried state). Random generators are
     restored afterwards and parameter gradients cleared."""
     stack, was_training = model.lstm, model.training
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    cuda = device.type == "cuda"
+
+    def call(*args):  # on CUDA each call is a step of its own for the CUDA graphs' memory
+        if cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        return stack(*args)
+
+    with torch.random.fork_rng(devices=[device] if cuda else []):
         stack.train()
         x = torch.zeros(steps, batch, stack.input_size, device=device)
-        y, state = stack(x)
-        y, _ = stack(x, detach_state(state))
+        y, state = call(x)
+        y, _ = call(x, detach_state(state))
         y.sum().backward()
         stack.zero_grad(set_to_none=True)
         stack.eval()
         with torch.no_grad():
             x = torch.zeros(steps, eval_batch, stack.input_size, device=device)
-            stack(x, stack(x)[1])
+            call(x, detach_state(call(x)[1]))
     model.train(was_training)
 
 

@@ -46,3 +46,11 @@ def test_measure_compiled_reports_every_way_of_running_each_regularizer():
 def test_bench_takes_compile():
     assert parse_args(["--compile", "--device", "cpu"]).compile
     assert not parse_args(["--device", "cpu"]).compile
+
+
+def test_bench_compile_on_cuda_is_accepted_where_pytorch_sees_a_gpu(monkeypatch):
+    """The device check faked: ``--device cuda --compile`` is the GPU comparison with
+    cuDNN's torch.nn.LSTM as the baseline row."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parse_args(["--device", "cuda", "--compile"])
+    assert (args.device, args.compile) == ("cuda", True)
