@@ -70,7 +70,9 @@ def _warm_up(model: LanguageModel, steps: int, batch: int, eval_batch: int,
 
     with torch.random.fork_rng(devices=[device] if cuda else []):
         stack.train()
-        x = torch.zeros(steps, batch, stack.input_size, device=device)
+        # embeddings take gradients (one-hot input does not), and the graph depends on it
+        x = torch.zeros(steps, batch, stack.input_size, device=device,
+                        requires_grad=model.embedding is not None)
         y, state = call(x)
         y, _ = call(x, detach_state(state))
         y.sum().backward()
