@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..experiments import bench
+from ..experiments import bench, bench_compiled
 from ..experiments.bench import SHAPES
 from ..experiments.bench_threads import format_thread_choices, measure_thread_choices
 from ..experiments.contention import one_core_busy
@@ -39,6 +39,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="time the stacks on (batch, time, features) input")
     parser.add_argument("--bidirectional", action="store_true",
                         help="time bidirectional stacks")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead of the main table: the compiled reference path against "
+                        "torch.nn.LSTM, the eager backends and the eager reference, with "
+                        "compile times and per-step operation counts")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--contend", action="store_true",
                         help="step times at 1 thread, all cores and auto, for torch.nn.LSTM and "
@@ -80,6 +84,8 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
             thread_choices(args, device, results, contended=True)
     elif args.threads_table:
         thread_choices(args, device, results, contended=False)
+    elif args.compile:
+        compiled(args, device, results)
     else:
         all_variants(args, device, results, layout)
     Path(args.json).write_text(json.dumps(results, indent=2))
@@ -95,6 +101,15 @@ def thread_choices(args: argparse.Namespace, device: torch.device, results: dict
         measured = measure_thread_choices(SHAPES[name], device, args.warmup, args.repeats)
         results["shapes"][name] = measured
         print(format_thread_choices(name, SHAPES[name], measured, contended), "\n", flush=True)
+
+
+def compiled(args: argparse.Namespace, device: torch.device, results: dict) -> None:
+    """The compiled reference path's table of every shape, printed and added to ``results``."""
+    torch.set_num_threads(args.threads)
+    for name in args.shapes.split(","):
+        rows = bench_compiled.measure_compiled(SHAPES[name], device, args.warmup, args.repeats)
+        results.setdefault("compiled", {})[name] = rows
+        print(bench_compiled.format_compiled(name, SHAPES[name], rows), "\n", flush=True)
 
 
 def all_variants(args: argparse.Namespace, device: torch.device, results: dict,

@@ -74,6 +74,8 @@ class TrainConfig:
     early_stopping: int = 0  # stop after N epochs without a validation improvement (0 = off)
     log_every: int = 50  # steps between metrics.jsonl lines
     max_steps: int = 0  # stop after N optimizer steps in total (0 = off; for smoke tests)
+    # torch.compile the LSTM stack: true, false, or auto (on for CUDA, off for CPU and MPS)
+    compile: Literal[True, False, "auto"] = "auto"
 
     def validate(self) -> None:
         """Raise ConfigError naming `train.<key>` for the first setting that cannot work."""

@@ -187,7 +187,10 @@ class LSTMLayer(nn.Module):
         per_sequence = any(s is not None and not s.shared
                            for s in (samples.input, samples.recurrent))
         masked = hidden_mask is not None or any(m is not None for m in masks)
-        if backend is None and not per_sequence and not masked:
+        # the fused op under torch.compile saves optional tensors AOTAutograd cannot take: a
+        # compiled layer runs the reference cell, which Inductor fuses itself
+        if (backend is None and not per_sequence and not masked
+                and not torch.compiler.is_compiling()):
             return self._fused_forward(x, state, samples, weights)
         bias = weights.bias
         if samples.recurrent is not None and samples.recurrent.independent:

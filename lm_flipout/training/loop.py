@@ -33,6 +33,7 @@ from ..progress import shown_progress
 from ..tracking import METRICS_FILE
 from .batches import run_batches
 from .checkpoint import CORRUPT_KEY
+from .compilation import compile_for_training
 from .distributed import (
     DistContext,
     broadcast_module,
@@ -140,6 +141,10 @@ class Trainer(CheckpointWriting):
             adopt_config(last["config"], recipe, self.last_path, self.echo)
         check_memory(recipe, self.device)
         self.model = LanguageModel(recipe.model).to(self.device)
+        data, ranks = recipe.data, self.dist.world_size
+        self.compiled = compile_for_training(
+            self.model, recipe.train.compile, self.device,
+            (data.bptt, data.batch_size // ranks, data.eval_batch_size // ranks), self.echo)
         self.step_loss = step_loss(self.model, recipe.optim, self.dist, self.device)
         self.schedule = Schedule(recipe.optim)
         self.optimizer = build_optimizer(recipe.optim, self.model.parameters())
@@ -396,6 +401,7 @@ class Trainer(CheckpointWriting):
         if corrupt or self.progress.checkpoint_corrupt:
             results["checkpoint_corrupt"] = True
         results["threads"] = self.threads.summary()
+        results.update(self.compiled.facts())
         report_results(self.tracker, self.progress, results)
         if self.dist.is_main:
             with self._guarded(self.run_dir / RESULTS_FILE):

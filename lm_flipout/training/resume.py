@@ -24,12 +24,12 @@ from .schedules import Schedule
 from .state import LAST_KEYS, Progress, own_columns, state_from_plain
 
 # Recipe keys that may differ between a run and its --resume: how long and how often to
-# train, log and checkpoint, where things live, and the learning rate and clipping (to
+# train, log and checkpoint, where and how things run, and the learning rate and clipping (to
 # recover from a divergence). Everything else would silently change the experiment.
 RESUME_MAY_CHANGE = frozenset({
     "train.epochs", "train.max_steps", "train.early_stopping", "train.checkpoint_every_s",
     "train.checkpoint_every_steps", "train.log_every", "train.device", "train.deterministic",
-    "train.threads", "train.out_dir", "train.run_name",
+    "train.threads", "train.compile", "train.out_dir", "train.run_name",
     "optim.lr", "optim.clip",
     "data.path", "data.train_file", "data.valid_file", "data.test_file", "data.hf_data_files",
     "data.hf_cache_dir", "data.cache_dir",
@@ -103,7 +103,8 @@ def adopt_config(stored: dict, recipe: Recipe, last_path: Path,
             f"settings a run cannot change midway: {shown}{more}. Resume with the run's own "
             f"settings (its {last_path.parent / 'config.yaml'}), or start a new run under another "
             "name with train.run_name=NAME. Only the training length, checkpoint/log "
-            "intervals, device, threads, paths, W&B settings, optim.lr and optim.clip may change."
+            "intervals, device, threads, compilation, paths, W&B settings, optim.lr and "
+            "optim.clip may change."
         )
     for key, (before, now) in changed.items():
         echo(f"--resume: {key} changed from {before!r} to {now!r}.")

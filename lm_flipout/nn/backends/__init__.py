@@ -15,6 +15,10 @@ term, recurrent-dropout or zoneout masks runs ``torch.nn.LSTM``'s fused kernel i
 naming a backend (1 or 2) runs that backend for every call. The CPU backend does not
 implement recurrent dropout or zoneout, so automatic choice runs those on the reference.
 
+While ``torch.compile`` traces a call (`lm_flipout.nn.compiled`), step 2 is skipped (Dynamo
+cannot read the context variable), automatic choice takes only backends whose
+``compilable`` is true (the reference), and the fused kernel is not used.
+
 A CUDA backend would plug in the same way: subclass `Backend` with ``name = "cuda"``,
 ``supports`` true for CUDA tensors (and the cell options it implements), and ``run``
 applying its own autograd Function to the `LayerInputs` and `CellOptions`; then
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator, Optional, Union
 
+import torch
 from torch import Tensor
 
 from ..cell import CellOptions
@@ -74,7 +79,10 @@ def use_backend(choice: BackendChoice) -> Iterator[Optional[Backend]]:
 
 def requested_backend(choice: BackendChoice = None) -> Optional[Backend]:
     """The backend named for this call: ``choice``, else the one of `use_backend`; None
-    when neither names one (automatic choice)."""
+    when neither names one (automatic choice). While ``torch.compile`` traces, `use_backend`
+    is not read (a context variable would break the graph): only ``choice`` counts."""
+    if torch.compiler.is_compiling():
+        return resolve(choice)
     return resolve(choice) or _REQUESTED.get()
 
 
@@ -84,14 +92,18 @@ def select_backend(like: Tensor, options: CellOptions = CellOptions(),
     the requested one (which must support them), else the first registered that does, else
     the reference."""
     backend = requested_backend(choice)
+    compiling = torch.compiler.is_compiling()
     if backend is not None:
         if not backend.supports(like, options):
             raise ValueError(f"backend {backend!r} does not run {like.dtype} tensors on "
                              f"{like.device} with {options.names()}; use 'reference' or "
                              f"automatic choice (None).")
+        if compiling and not backend.compilable:
+            raise ValueError(f"backend {backend.name!r} cannot run inside torch.compile; use "
+                             "'reference' or automatic choice (None) for a compiled model.")
         return backend
     for candidate in _REGISTERED.values():
-        if candidate.supports(like, options):
+        if (candidate.compilable or not compiling) and candidate.supports(like, options):
             return candidate
     return REFERENCE
 

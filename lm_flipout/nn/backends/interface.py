@@ -18,9 +18,12 @@ from ..cell import CellOptions, LayerInputs
 
 
 class Backend(ABC):
-    """One way to run the layer's recurrence. ``name`` is how `use_backend` finds it."""
+    """One way to run the layer's recurrence. ``name`` is how `use_backend` finds it;
+    ``compilable`` says whether ``torch.compile`` can trace ``run`` into one graph (automatic
+    choice inside a compiled model takes only such backends)."""
 
     name: str
+    compilable: bool = False
 
     @abstractmethod
     def supports(self, like: Tensor, options: CellOptions) -> bool:

@@ -13,6 +13,7 @@ class ReferenceBackend(Backend):
     """`lm_flipout.nn.recurrence`: the cell's equations step by step, nothing else."""
 
     name = "reference"
+    compilable = True
 
     def supports(self, like: Tensor, options: CellOptions) -> bool:
         return True
