@@ -121,6 +121,18 @@ def build_language_model(settings: Optional[dict], shape: Shape) -> LanguageMode
     return model
 
 
+def lm_step(model: nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
+    """One training step of ``model`` on ``tokens``: forward, loss, backward, SGD step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits, _ = model(tokens[:-1])
+        F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
+        optimizer.step()
+    return run
+
+
 def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
                   independent_limit_gib: float,
                   layout: StackLayout = StackLayout()) -> list[dict]:
@@ -139,23 +151,11 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
               for name, settings in variants.items()}
     models = ({name: build_language_model(settings, shape).to(device).train()
                for name, settings in variants.items()} if layout.default else {})
-    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1)
-                  for name, model in models.items()}
 
     def stack_task(name: str) -> Callable[[], None]:
         def run() -> None:
             y, _ = stacks[name](x)
             y.sum().backward()
-        return run
-
-    def step_task(name: str) -> Callable[[], None]:
-        model, optimizer = models[name], optimizers[name]
-
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            logits, _ = model(tokens[:-1])
-            F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
-            optimizer.step()
         return run
 
     stack_times = interleaved_times({n: stack_task(n) for n in variants}, device, warmup, repeats)
@@ -166,8 +166,9 @@ def measure_shape(shape: Shape, device: torch.device, warmup: int, repeats: int,
                  "memory_mib": memory[name] / 2**20,
                  "memory_ratio": memory[name] / memory["ours, no noise"]}
                 for name in variants]
-    step_times = interleaved_times({n: step_task(n) for n in variants}, device, warmup, repeats)
-    memory = {name: step_memory(step_task(name), device) for name in variants}
+    step_times = interleaved_times({n: lm_step(models[n], tokens) for n in variants}, device,
+                                   warmup, repeats)
+    memory = {name: step_memory(lm_step(models[name], tokens), device) for name in variants}
     rows = []
     for name in variants:
         rows.append({

@@ -20,11 +20,10 @@ from contextlib import nullcontext
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..nn import use_backend
 from ..nn.compiled import compile_stack
-from .bench import VARIANTS, Shape, build_language_model
+from .bench import VARIANTS, Shape, build_language_model, lm_step
 from .bench_timing import BASELINE, interleaved_times, synchronize
 
 REGULARIZERS = ("gaussian flipout", "recurrent dropout 0.25", "zoneout 0.5 / 0.05")
@@ -38,15 +37,12 @@ def step_task(settings, shape: Shape, device: torch.device, backend: str | None 
     model = build_language_model(settings, shape).to(device).train()
     if compile_backend is not None:
         compile_stack(model.lstm, device, backend=compile_backend)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     tokens = torch.randint(0, shape.vocab, (shape.steps + 1, shape.batch), device=device)
+    step = lm_step(model, tokens)
 
     def run() -> None:
         with use_backend(backend) if backend else nullcontext():
-            optimizer.zero_grad(set_to_none=True)
-            logits, _ = model(tokens[:-1])
-            F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
-            optimizer.step()
+            step()
     return run
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..training.threads import ThreadChooser, machine_cores, training_step
-from .bench import VARIANTS, Shape, build_language_model
+from .bench import VARIANTS, Shape, build_language_model, lm_step
 from .bench_timing import BASELINE, interleaved_times
 
 OURS = "gaussian flipout"
@@ -55,18 +54,6 @@ def measure_thread_choices(shape: Shape, device: torch.device, warmup: int,
         })
     return {"cores": cores, "rows": rows,
             "ours_auto_vs_torch_default": times.ratio(f"{OURS} @ auto", f"{BASELINE} @ all")}
-
-
-def lm_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
-    """One training step of ``model`` on ``tokens``: forward, loss, backward, SGD step."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def run() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits, _ = model(tokens[:-1])
-        F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
-        optimizer.step()
-    return run
 
 
 def at_threads(threads: int, task: Callable[[], None]) -> Callable[[], None]:
