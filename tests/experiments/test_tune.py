@@ -200,6 +200,33 @@ def run_two_processes(tmp_path: Path, trials: int, *extra: str) -> list[str]:
     return [number for output in outputs for number in trained_trials(output)]
 
 
+def test_processes_that_share_a_study_draw_different_parameters(tmp_path: Path) -> None:
+    """Two processes open one study with the study's seed; each new trial's sampler is seeded
+    by the trial's number, so their first draws differ (with the seed alone they would be
+    equal), and one process alone draws the same parameters on every run."""
+    from lm_flipout.experiments.tuning.study import default_storage, next_trial, open_study
+
+    recipe, space = setup(tmp_path, SPACE)
+    read = read_space(space, load_recipe(recipe))
+
+    def first_draws(folder: Path, seed: int) -> list[float]:
+        folder.mkdir()
+        draws, claims = [], []
+        for _ in range(2):  # a process each, on one storage, each training its trial
+            study = open_study("run-tune", default_storage(folder), read, seed=0)
+            trial, claim = next_trial(study, folder, total=4, seed=seed)
+            draws.append(trial.suggest_float("optim.lr", 0.001, 0.03, log=True))
+            claims.append(claim)
+        for claim in claims:
+            claim.release()
+        return draws
+
+    first, second = first_draws(tmp_path / "a", 0)
+    assert first != second
+    assert first_draws(tmp_path / "b", 0) == [first, second]  # repeatable
+    assert first_draws(tmp_path / "c", 7)[0] != first  # the seed matters
+
+
 def test_two_processes_share_the_default_storage(tmp_path: Path) -> None:
     trained = run_two_processes(tmp_path, 4)
     assert sorted(trained) == ["0", "1", "2", "3"]  # each trial trained once, by one process

@@ -143,10 +143,16 @@ class Claim:
             self._handle = None
 
 
-def next_trial(study: Any, study_dir: Path, total: int) -> tuple[Optional[Any], Optional[Claim]]:
+def next_trial(study: Any, study_dir: Path, total: int, seed: Optional[int] = None
+               ) -> tuple[Optional[Any], Optional[Claim]]:
     """The trial this process trains next with its claim: an interrupted one of this
     machine first, else a new one while finished, pruned and running trials number fewer
-    than ``total``. (None, None) when nothing is left for this process."""
+    than ``total``. (None, None) when nothing is left for this process.
+
+    With a ``seed``, a new trial's parameters are drawn by a sampler seeded with ``seed``
+    plus the trial's number: processes sharing a study then draw different parameters (each
+    with the study's seed alone would repeat the others' first draws), and a study run by one
+    process draws the same ones every time."""
     import optuna
     from optuna.trial import TrialState
 
@@ -172,6 +178,8 @@ def next_trial(study: Any, study_dir: Path, total: int) -> tuple[Optional[Any], 
         if done + len(running) >= total:
             return None, None  # the rest are being trained by other processes
         trial = study.ask()
+        if seed is not None:  # parameters are drawn later, by the trial's suggest calls
+            study.sampler = type(study.sampler)(seed=seed + trial.number)
         trial.set_user_attr(HOST_ATTR, host)
         trial.set_user_attr(DIR_ATTR, folder)
         claim = Claim(study_dir, trial.number)
@@ -206,10 +214,10 @@ def best_value(study: Any) -> Optional[float]:
 
 def run_study(study: Any, study_dir: Path, total: int,
               train_one: Callable[[Any], tuple[str, Optional[float]]],
-              after_each: Callable[[], None] = lambda: None) -> None:
+              after_each: Callable[[], None] = lambda: None, seed: Optional[int] = None) -> None:
     """Train trials (``train_one(trial)`` returns its state and value; ``after_each`` runs
     once it is recorded) until none is left for this process; a progress bar shows trials
-    done, pruned and the best so far."""
+    done, pruned and the best so far. ``seed``: see `next_trial`."""
     from optuna.trial import TrialState
     from tqdm import tqdm
 
@@ -224,7 +232,7 @@ def run_study(study: Any, study_dir: Path, total: int,
     try:
         shown(bar)
         while True:
-            trial, claim = next_trial(study, study_dir, total)
+            trial, claim = next_trial(study, study_dir, total, seed)
             if trial is None:
                 break
             try:

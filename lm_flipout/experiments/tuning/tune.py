@@ -66,7 +66,7 @@ def tune(base: Recipe, space: SearchSpace, trials: Optional[int], storage: Optio
         return outcome.state, outcome.value
 
     run_study(study, study_dir, total, train_one,
-              after_each=lambda: write_trials_csv(study, space, study_dir))
+              after_each=lambda: write_trials_csv(study, space, study_dir), seed=seed)
     result = TuneResult(study_dir, len(ended_trials(study)), total)
     write_trials_csv(study, space, study_dir)
     if result.ended < total:
